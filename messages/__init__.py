@@ -1,0 +1,58 @@
+"""aiimg wire contract: job events, blob references, subjects and codecs.
+
+Everything here is plain data; JSON on the wire. See ``docs/nats-api.md``.
+"""
+
+from __future__ import annotations
+
+from ._blobs import BlobRef as BlobRef
+from ._codec import DecodeError as DecodeError
+from ._codec import decode_event as decode_event
+from ._codec import encode as encode
+from ._events import AttemptDispatched as AttemptDispatched
+from ._events import AttemptFailed as AttemptFailed
+from ._events import AttemptSucceeded as AttemptSucceeded
+from ._events import CancelRequested as CancelRequested
+from ._events import Event as Event
+from ._events import FailureSummary as FailureSummary
+from ._events import JobCancelled as JobCancelled
+from ._events import JobCompleted as JobCompleted
+from ._events import JobEvent as JobEvent
+from ._events import JobFailed as JobFailed
+from ._events import JobRequested as JobRequested
+from ._events import TerminalEvent as TerminalEvent
+from ._subjects import DEFAULT_PREFIX as DEFAULT_PREFIX
+from ._subjects import Names as Names
+from ._subjects import subject as subject
+from ._types import FAILURE_REASONS as FAILURE_REASONS
+from ._types import JobId as JobId
+from ._types import Operation as Operation
+from ._types import ProviderAlias as ProviderAlias
+from ._types import Reason as Reason
+
+__all__ = (
+    "DEFAULT_PREFIX",
+    "FAILURE_REASONS",
+    "AttemptDispatched",
+    "AttemptFailed",
+    "AttemptSucceeded",
+    "BlobRef",
+    "CancelRequested",
+    "DecodeError",
+    "Event",
+    "FailureSummary",
+    "JobCancelled",
+    "JobCompleted",
+    "JobEvent",
+    "JobFailed",
+    "JobId",
+    "JobRequested",
+    "Names",
+    "Operation",
+    "ProviderAlias",
+    "Reason",
+    "TerminalEvent",
+    "decode_event",
+    "encode",
+    "subject",
+)

@@ -1,0 +1,163 @@
+"""Every event of a job's life, as it is stored in the job stream.
+
+A job's history is the ordered list of these events on ``aiimg.job.<job_id>.>``;
+its state is a pure fold over that list (``services.state.fold``).
+
+Evolution rules (msgspec ``docs/schema-evolution.rst``): new fields get defaults,
+field types never change, unknown fields are ignored, and a breaking change gets
+a new tag (``…v2``) rather than a new meaning for an old one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, TypeAlias
+
+import msgspec
+
+from ._blobs import BlobRef
+from ._types import JobId, Operation, ProviderAlias, Reason
+
+__all__ = (
+    "AttemptDispatched",
+    "AttemptFailed",
+    "AttemptSucceeded",
+    "CancelRequested",
+    "Event",
+    "FailureSummary",
+    "JobCancelled",
+    "JobCompleted",
+    "JobEvent",
+    "JobFailed",
+    "JobRequested",
+    "TerminalEvent",
+)
+
+Prompt: TypeAlias = Annotated[str, msgspec.Meta(max_length=8000)]
+Text: TypeAlias = Annotated[str, msgspec.Meta(max_length=2000)]
+
+
+def _now() -> float:
+    return time.time()
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every job event. ``type`` is an explicit, versioned tag."""
+
+    job_id: JobId
+    at: float = msgspec.field(default_factory=_now)
+    """Wall-clock time the event was written, seconds since the epoch."""
+
+
+class JobRequested(Event, frozen=True, kw_only=True, tag="job.requested.v1"):
+    """A client asks for an image or a video. Written by the client; always the first event.
+
+    ``output`` is a size intent: ``4K``/``2K``/``1K``, ``WxH`` or a ratio such as ``16:9``
+    (empty = the provider's configured default). ``backend`` pins the first provider
+    (empty = the configured primary); fallbacks still follow it.
+    """
+
+    op: Operation
+    prompt: Prompt = ""
+    inputs: list[BlobRef] = msgspec.field(default_factory=list)
+    backend: str = ""
+    output: str = ""
+    origin: dict[str, str] = msgspec.field(default_factory=dict)
+    """Opaque requester metadata (bot id, chat, user); echoed, never interpreted."""
+
+
+class CancelRequested(Event, frozen=True, kw_only=True, tag="job.cancel_requested.v1"):
+    """A client asks to stop a job. The router answers with :class:`JobCancelled` if still running."""
+
+    reason: Text = ""
+
+
+class AttemptDispatched(Event, frozen=True, kw_only=True, tag="attempt.dispatched.v1"):
+    """The router hands attempt ``attempt`` to ``provider``. This event is the provider's work item.
+
+    It carries everything the provider needs, so a provider never reads the history
+    on its first delivery. ``deadline`` is when the router will count the attempt as a
+    timeout; ``not_before`` delays a retry (backoff or an upstream retry hint).
+    """
+
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    provider: ProviderAlias
+    op: Operation
+    prompt: Prompt = ""
+    inputs: list[BlobRef] = msgspec.field(default_factory=list)
+    output: str = ""
+    chain: list[str] = msgspec.field(default_factory=list)
+    """The whole provider chain planned for this job, for traces and for a restarted router."""
+    deadline: float = 0.0
+    not_before: float = 0.0
+
+
+class AttemptSucceeded(Event, frozen=True, kw_only=True, tag="attempt.succeeded.v1"):
+    """The provider produced a result; bytes are in the blob store."""
+
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    provider: ProviderAlias
+    result: BlobRef
+    source_url: str = ""
+    """Where the upstream served the result from, when it gave a URL (videos are sent by URL)."""
+    elapsed_ms: int = 0
+
+
+class AttemptFailed(Event, frozen=True, kw_only=True, tag="attempt.failed.v1"):
+    """The attempt ended without a result. ``reason`` is typed; ``message`` is short and secret-free."""
+
+    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    provider: ProviderAlias
+    reason: Reason
+    message: Text = ""
+    status: int = 0
+    """Upstream HTTP status when there was one, else 0."""
+    retry_after: float = 0.0
+    """Seconds the upstream asked us to wait (``Retry-After``, Gemini ``RetryInfo``), else 0."""
+    elapsed_ms: int = 0
+
+
+class FailureSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """One failed attempt, as listed in :class:`JobFailed`."""
+
+    attempt: int
+    provider: str
+    reason: Reason
+    message: str = ""
+
+
+class JobCompleted(Event, frozen=True, kw_only=True, tag="job.completed.v1"):
+    """Terminal: the job has a result."""
+
+    result: BlobRef
+    provider: ProviderAlias
+    attempt: int
+    source_url: str = ""
+
+
+class JobFailed(Event, frozen=True, kw_only=True, tag="job.failed.v1"):
+    """Terminal: no provider produced a result. ``failures`` lists every attempt's reason."""
+
+    failures: list[FailureSummary] = msgspec.field(default_factory=list)
+    message: Text = ""
+
+
+class JobCancelled(Event, frozen=True, kw_only=True, tag="job.cancelled.v1"):
+    """Terminal: the job was cancelled before it finished."""
+
+    reason: Text = ""
+
+
+JobEvent: TypeAlias = (
+    JobRequested
+    | CancelRequested
+    | AttemptDispatched
+    | AttemptSucceeded
+    | AttemptFailed
+    | JobCompleted
+    | JobFailed
+    | JobCancelled
+)
+"""Everything that can appear in the job stream."""
+
+TerminalEvent: TypeAlias = JobCompleted | JobFailed | JobCancelled

@@ -1,0 +1,47 @@
+"""Scalar types shared by every message: operations, failure reasons, ids."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeAlias
+
+import msgspec
+
+__all__ = ("FAILURE_REASONS", "JobId", "Operation", "ProviderAlias", "Reason")
+
+Operation: TypeAlias = Literal["draw", "edit", "selfie", "video"]
+"""What a job asks for. ``selfie`` is an edit whose first inputs are reference portraits."""
+
+Reason: TypeAlias = Literal[
+    "rate_limited",
+    "auth",
+    "bad_request",
+    "content_policy",
+    "no_image",
+    "unsupported",
+    "timeout",
+    "upstream_error",
+    "network",
+    "invalid_response",
+]
+"""Why one attempt failed. Drives retry and fallback decisions (see ``services.policy``)."""
+
+FAILURE_REASONS: tuple[Reason, ...] = (
+    "rate_limited",
+    "auth",
+    "bad_request",
+    "content_policy",
+    "no_image",
+    "unsupported",
+    "timeout",
+    "upstream_error",
+    "network",
+    "invalid_response",
+)
+
+
+# Subject tokens must not contain ".", "*", ">" or whitespace; keep them to a portable set.
+JobId: TypeAlias = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+"""A job id, client-chosen, used verbatim as a NATS subject token."""
+
+ProviderAlias: TypeAlias = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]{1,32}$")]
+"""A provider alias such as ``grok`` or ``gemini_native``; also a subject token."""

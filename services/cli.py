@@ -1,0 +1,222 @@
+"""``aiimg``: serve the actors, submit draw/edit/video jobs, and trace a job's history."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+
+from messages import (
+    AttemptDispatched,
+    AttemptFailed,
+    AttemptSucceeded,
+    CancelRequested,
+    JobCancelled,
+    JobCompleted,
+    JobEvent,
+    JobFailed,
+    JobRequested,
+    Operation,
+)
+
+from .client import Client
+from .config import Config, load_config
+from .errors import AiimgError, JobError
+from .logging import configure_logging
+from .stack import Stack, open_bus, running
+
+__all__ = ("main",)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aiimg", description="Event-sourced image and video generation on NATS.")
+    p.add_argument("--config", "-c", help="TOML config file (default: $AIIMG_CONFIG or ./aiimg.toml)")
+    p.add_argument("--verbose", "-v", action="store_true", help="log at info level to stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the router and provider actors")
+    s.add_argument("--only", help="comma-separated subset: router,local,grok,…")
+
+    for name, help_ in (("draw", "text to image"), ("edit", "edit images"), ("video", "image to video")):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("prompt")
+        c.add_argument("-i", "--image", action="append", default=[], help="input image file (repeatable)")
+        c.add_argument("--backend", default="", help="provider to try first (fallbacks still follow)")
+        c.add_argument("--output", default="", help="4K | 2K | 1K | WxH | ratio such as 16:9")
+        c.add_argument("-o", "--out", dest="out", help="file to write (default: aiimg-<job>.png/.mp4)")
+        c.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the result")
+
+    t = sub.add_parser("trace", help="print a job's event history")
+    t.add_argument("job_id")
+
+    k = sub.add_parser("cancel", help="cancel a running job")
+    k.add_argument("job_id")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except AiimgError as exc:
+        print(f"aiimg: {exc}", file=sys.stderr)
+        return 2
+    quiet_client = args.command != "serve" and not args.verbose
+    configure_logging("warning" if quiet_client else config.log.level, config.log.format)
+    try:
+        return anyio.run(_dispatch, args, config)
+    except KeyboardInterrupt:
+        return 130
+    except AiimgError as exc:
+        print(f"aiimg: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _dispatch(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "serve":
+        return await _serve(config, args.only)
+    if args.command == "trace":
+        return await _trace(config, args.job_id)
+    if args.command == "cancel":
+        async with open_bus(config) as bus:
+            await Client(bus).cancel(args.job_id, "cancelled from the command line")
+        print(f"cancel requested for {args.job_id}", file=sys.stderr)
+        return 0
+    return await _job(config, args)
+
+
+async def _serve(config: Config, only: str | None) -> int:
+    async with open_bus(config, announce=True) as bus:
+        stack = Stack.from_only(bus, only.split(",") if only else None)
+        async with anyio.create_task_group() as tg:
+            await tg.start(stack.run)
+            print(f"aiimg serving on {bus.nc.connected_url.geturl() if bus.nc.connected_url else '?'}", file=sys.stderr)
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    print("aiimg: stopping (finishing running jobs)…", file=sys.stderr)
+                    await stack.stop()
+                    break
+    return 0
+
+
+async def _job(config: Config, args: argparse.Namespace) -> int:
+    op: Operation = args.command
+    images: list[bytes] = []
+    for path in args.image:
+        try:
+            images.append(await anyio.Path(path).read_bytes())
+        except OSError as exc:
+            raise AiimgError(f"cannot read input image {path}: {exc.strerror}") from None
+    async with open_bus(config) as bus:
+        embedded_actors = not config.nats.url and bus.nc.connected_url is not None and _is_ours(bus)
+        client = Client(bus)
+        if embedded_actors:
+            async with running(Stack(bus)):
+                return await _submit_and_wait(client, op, args, images)
+        return await _submit_and_wait(client, op, args, images)
+
+
+def _is_ours(bus: object) -> bool:
+    """True when this process started the embedded server (no ``aiimg serve`` is running)."""
+    from .stack import running_embedded_url
+
+    return running_embedded_url(bus.config) is None
+
+
+async def _submit_and_wait(client: Client, op: Operation, args: argparse.Namespace, images: list[bytes]) -> int:
+    job_id = await client.submit(op, args.prompt, images=images, backend=args.backend, output=args.output)
+    _progress(f"job {job_id} queued")
+    started = time.monotonic()
+    end: JobEvent | None = None
+    with anyio.fail_after(args.timeout):
+        async for event in client.follow(job_id):
+            _show(event, started)
+            if isinstance(event, (JobCompleted, JobFailed, JobCancelled)):
+                end = event
+                break
+    if isinstance(end, JobCompleted):
+        data = await client.blobs.get(end.result)
+        ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "video/mp4": "mp4"}.get(
+            end.result.mime, "bin"
+        )
+        out = anyio.Path(args.out or f"aiimg-{job_id}.{ext}")
+        await out.write_bytes(data)
+        print(str(out))
+        return 0
+    if isinstance(end, (JobFailed, JobCancelled)):
+        print(f"aiimg: {JobError(end)}", file=sys.stderr)
+    return 1
+
+
+def _progress(text: str) -> None:
+    print(f"aiimg: {text}", file=sys.stderr, flush=True)
+
+
+def _show(event: JobEvent, started: float) -> None:
+    t = f"{time.monotonic() - started:6.2f}s"
+    match event:
+        case AttemptDispatched():
+            wait = f" (retry in {event.not_before - event.at:.1f}s)" if event.not_before > event.at else ""
+            _progress(f"{t} attempt {event.attempt} → {event.provider}{wait}")
+        case AttemptFailed():
+            _progress(f"{t} attempt {event.attempt} {event.provider} failed: {event.reason} {event.message}".rstrip())
+        case AttemptSucceeded():
+            _progress(f"{t} attempt {event.attempt} {event.provider} done ({event.result.width}x{event.result.height})")
+        case JobCompleted():
+            _progress(f"{t} done")
+        case _:
+            pass
+
+
+async def _trace(config: Config, job_id: str) -> int:
+    async with open_bus(config) as bus:
+        history = await bus.history(job_id)
+    if not history:
+        print(f"aiimg: no events for job {job_id} (unknown, or expired by retention)", file=sys.stderr)
+        return 1
+    for line in format_trace([e for _, e in history]):
+        print(line)
+    return 0
+
+
+def format_trace(events: Sequence[JobEvent]) -> list[str]:
+    """One line per event: time, event, provider, reason/detail."""
+    lines = []
+    t0 = events[0].at if events else 0.0
+    for e in events:
+        stamp = datetime.fromtimestamp(e.at, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
+        rel = f"+{e.at - t0:7.3f}s"
+        tag = e.__struct_config__.tag
+        provider = getattr(e, "provider", "") or ""
+        detail = ""
+        match e:
+            case JobRequested():
+                detail = (
+                    f"op={e.op} backend={e.backend or 'auto'} output={e.output or 'default'} prompt={e.prompt[:60]!r}"
+                )
+            case AttemptDispatched():
+                detail = f"attempt={e.attempt} chain={','.join(e.chain)}"
+                if e.not_before > e.at:
+                    detail += f" delay={e.not_before - e.at:.1f}s"
+            case AttemptSucceeded():
+                detail = f"attempt={e.attempt} {e.result.mime} {e.result.width}x{e.result.height} {e.result.size}B {e.elapsed_ms}ms"
+            case AttemptFailed():
+                detail = f"attempt={e.attempt} reason={e.reason} {e.message}".rstrip()
+            case JobCompleted():
+                detail = f"result={e.result.name}"
+            case JobFailed():
+                detail = e.message + "".join(f" | {f.provider}: {f.reason}" for f in e.failures)
+            case JobCancelled() | CancelRequested():
+                detail = e.reason
+        lines.append(f"{stamp} {rel}  {tag:<22} {provider:<14} {detail}".rstrip())
+    return lines
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

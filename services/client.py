@@ -1,0 +1,143 @@
+"""Submitting jobs and following them to their result, for the CLI, the bridge and tests.
+
+This is a convenience over the wire contract, not a requirement: any NATS client can
+publish a ``job.requested.v1`` JSON document and subscribe to the job's subjects
+(``docs/nats-api.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+
+import anyio
+from nats.js import api as js_api
+
+from messages import (
+    BlobRef,
+    CancelRequested,
+    JobCompleted,
+    JobEvent,
+    JobRequested,
+    Operation,
+    TerminalEvent,
+    decode_event,
+)
+from messages._codec import DecodeError
+
+from .blobs import BlobStore
+from .bus import Bus
+from .errors import AiimgError, JobError, ProviderFailure
+from .media import MediaInfo, inspect_image, sniff_mime
+
+__all__ = ("Client", "new_job_id")
+
+
+def new_job_id() -> str:
+    """A fresh, time-ordered job id (subject-safe)."""
+    return f"{int(time.time() * 1000):x}-{uuid.uuid4().hex[:16]}"
+
+
+class Client:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.blobs = BlobStore(bus)
+
+    async def put_image(self, data: bytes) -> BlobRef:
+        """Validate and store an input image; raise ``AiimgError`` with a clear message if unusable."""
+        try:
+            info = inspect_image(data)
+        except ProviderFailure as exc:
+            raise AiimgError(f"input image rejected: {exc.message}") from None
+        return await self.blobs.put(data, info)
+
+    async def submit(
+        self,
+        op: Operation,
+        prompt: str = "",
+        *,
+        images: Sequence[bytes] = (),
+        inputs: Sequence[BlobRef] = (),
+        backend: str = "",
+        output: str = "",
+        origin: Mapping[str, str] | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        """Store input images, write ``JobRequested``; return the job id. Idempotent per ``job_id``."""
+        refs = list(inputs) + [await self.put_image(img) for img in images]
+        if op in ("edit", "selfie") and not refs:
+            raise AiimgError(f"{op} needs at least one input image")
+        jid = job_id or new_job_id()
+        await self.bus.publish(
+            JobRequested(
+                job_id=jid,
+                op=op,
+                prompt=prompt,
+                inputs=refs,
+                backend=backend,
+                output=output,
+                origin=dict(origin or {}),
+            )
+        )
+        return jid
+
+    async def cancel(self, job_id: str, reason: str = "") -> None:
+        await self.bus.publish(CancelRequested(job_id=job_id, reason=reason))
+
+    async def follow(self, job_id: str, timeout: float | None = None) -> AsyncIterator[JobEvent]:
+        """Every event of the job from the start, live, until (and including) the terminal one."""
+        sub = await self.bus.js.subscribe(
+            self.bus.names.subject("history", job_id),
+            ordered_consumer=True,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                wait = 5.0 if deadline is None else max(0.01, deadline - time.monotonic())
+                try:
+                    msg = await sub.next_msg(timeout=min(wait, 5.0))
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+                    continue
+                try:
+                    event = decode_event(msg.data)
+                except DecodeError:
+                    continue
+                yield event
+                if isinstance(event, (JobCompleted,)) or event.__struct_config__.tag in _TERMINAL_TAGS:
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> TerminalEvent:
+        """The job's terminal event."""
+        async for event in self.follow(job_id, timeout=timeout):
+            if event.__struct_config__.tag in _TERMINAL_TAGS:
+                return event  # type: ignore[return-value]
+        raise AiimgError(f"job {job_id} ended without a terminal event")
+
+    async def result(self, job_id: str, timeout: float | None = None) -> tuple[JobCompleted, bytes]:
+        """Wait for the job; return its completion and the result bytes, or raise ``JobError``."""
+        end = await self.wait(job_id, timeout=timeout)
+        if not isinstance(end, JobCompleted):
+            raise JobError(end)
+        return end, await self.blobs.get(end.result)
+
+    async def run(self, op: Operation, prompt: str = "", *, timeout: float | None = None, **kw: object) -> bytes:
+        """Submit and wait: the result bytes (raises ``JobError`` on failure)."""
+        job_id = await self.submit(op, prompt, **kw)  # type: ignore[arg-type]
+        with anyio.fail_after(timeout) if timeout else contextlib.nullcontext():
+            _, data = await self.result(job_id)
+        return data
+
+
+_TERMINAL_TAGS = frozenset({"job.completed.v1", "job.failed.v1", "job.cancelled.v1"})
+
+# Re-exported for callers that want to label stored inputs themselves.
+MediaInfo = MediaInfo
+sniff_mime = sniff_mime

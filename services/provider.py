@@ -1,0 +1,263 @@
+"""The provider seam: a small :class:`Provider` per upstream, and the actor that runs it.
+
+A provider turns one attempt into bytes or raises :class:`~services.errors.ProviderFailure`
+with a typed reason. Everything else — pulling work, heartbeats, deadlines, loading input
+blobs, validating and storing the result, writing the attempt event, redelivery checks —
+is done once, here, by :class:`ProviderActor`.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import anyio
+import httpx
+import structlog
+from nats.aio.msg import Msg
+from structlog.contextvars import bound_contextvars
+
+from messages import AttemptDispatched, AttemptFailed, AttemptSucceeded, DecodeError, Operation, decode_event
+
+from .blobs import BlobStore
+from .bus import Bus
+from .config import Config
+from .errors import BlobError, ProviderFailure
+from .logging import redact
+from .media import MediaInfo, inspect_media
+from .runtime import PullConsumer, describe, heartbeat
+from .settings import ProviderSettings
+from .state import fold
+
+__all__ = ("AttemptContext", "InputImage", "Output", "Provider", "ProviderActor")
+
+log = structlog.get_logger("aiimg.provider")
+
+
+@dataclass(frozen=True, slots=True)
+class InputImage:
+    data: bytes
+    mime: str
+
+
+@dataclass(slots=True)
+class AttemptContext:
+    """What a provider gets for one attempt."""
+
+    dispatch: AttemptDispatched
+    settings: ProviderSettings
+    """The ``draw.<alias>`` / ``edit.<alias>`` / ``video`` block for this operation."""
+    config: Config
+    inputs: list[InputImage]
+    http: httpx.AsyncClient
+    deadline: float
+    """Monotonic-clock deadline for the whole attempt."""
+
+    @property
+    def op(self) -> Operation:
+        return self.dispatch.op
+
+    @property
+    def prompt(self) -> str:
+        return self.dispatch.prompt
+
+    @property
+    def output(self) -> str:
+        return self.dispatch.output
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+
+@dataclass(slots=True)
+class Output:
+    """A provider's result: the bytes, and the URL the upstream served them from (if any)."""
+
+    data: bytes
+    source_url: str = ""
+    info: MediaInfo | None = field(default=None)
+
+
+class Provider(abc.ABC):
+    """One upstream API. Subclasses set ``alias`` and implement :meth:`run`."""
+
+    alias: ClassVar[str]
+    produces_video: ClassVar[bool] = False
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    async def run(self, ctx: AttemptContext) -> Output:
+        """Produce the result for ``ctx`` or raise ``ProviderFailure``."""
+
+    async def aclose(self) -> None:
+        """Release resources (keys state, pools). Called once at shutdown."""
+
+
+class ProviderActor:
+    """Consumes ``provider-<alias>`` and runs each work item through a :class:`Provider`."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        provider: Provider,
+        *,
+        concurrency: int | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.bus = bus
+        self.provider = provider
+        self.alias = provider.alias
+        cfg = bus.config
+        self.concurrency = concurrency or cfg.actors.concurrency_per_provider.get(self.alias, cfg.actors.concurrency)
+        self.blobs = BlobStore(bus)
+        self._own_http = http is None
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=300.0), follow_redirects=False)
+        self.consumer = PullConsumer(
+            bus, bus.names.provider_consumer(self.alias), self.handle, concurrency=self.concurrency, name=self.alias
+        )
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        log.info("provider_started", provider=self.alias, concurrency=self.concurrency)
+        try:
+            await self.consumer.run(task_status=task_status)
+        finally:
+            await self.provider.aclose()
+            if self._own_http:
+                await self.http.aclose()
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    async def handle(self, msg: Msg) -> None:
+        try:
+            event = decode_event(msg.data)
+        except DecodeError as exc:
+            log.warning("rejected_message", provider=self.alias, reason=str(exc), **describe(msg))
+            await msg.term()
+            return
+        if not isinstance(event, AttemptDispatched) or event.provider != self.alias:
+            log.warning(
+                "rejected_message", provider=self.alias, reason="not a dispatch for this provider", **describe(msg)
+            )
+            await msg.term()
+            return
+        with bound_contextvars(job_id=event.job_id, attempt=event.attempt, provider=self.alias):
+            await self._attempt(msg, event)
+
+    async def _attempt(self, msg: Msg, d: AttemptDispatched) -> None:
+        now = time.time()
+        if d.not_before > now + 0.01:
+            await msg.nak(delay=d.not_before - now)
+            return
+        if now >= d.deadline:
+            log.info("attempt_stale", reason="past its deadline; the router counts it as a timeout")
+            await msg.ack()
+            return
+        if msg.metadata.num_delivered > 1 and not await self._still_open(d):
+            log.info("attempt_already_finished", delivered=msg.metadata.num_delivered)
+            await msg.ack()
+            return
+        block = self.bus.config.block(d.op, self.alias)
+        if block is None:
+            await self._finish(msg, self._failed(d, "unsupported", f"{self.alias} has no settings for {d.op}", 0.0))
+            return
+        started = time.monotonic()
+        # The attempt may use its whole budget up to the router's deadline, minus a margin
+        # so our own failure event lands before the router counts a timeout.
+        budget = max(1.0, min(block.timeout, d.deadline - now - 1.0))
+        log.info("attempt_started", op=d.op, inputs=len(d.inputs))
+        interval = max(1.0, self.bus.config.actors.ack_wait / 3)
+        async with heartbeat(msg, interval):
+            result = await self._produce(d, block, started, budget)
+        await self._finish(msg, result)
+
+    async def _produce(
+        self, d: AttemptDispatched, block: ProviderSettings, started: float, budget: float
+    ) -> AttemptSucceeded | AttemptFailed:
+        try:
+            inputs = [InputImage(await self.blobs.get(ref), ref.mime) for ref in d.inputs]
+        except BlobError as exc:
+            return self._failed(d, "bad_request", str(exc), started)
+        ctx = AttemptContext(
+            dispatch=d,
+            settings=block,
+            config=self.bus.config,
+            inputs=inputs,
+            http=self.http,
+            deadline=started + budget,
+        )
+        try:
+            with anyio.fail_after(budget):
+                out = await self.provider.run(ctx)
+            info = out.info or inspect_media(out.data, video=self.provider.produces_video)
+            ref = await self.blobs.put(out.data, info)
+        except ProviderFailure as exc:
+            return self._failed(d, exc.reason, exc.message, started, status=exc.status, retry_after=exc.retry_after)
+        except TimeoutError:
+            return self._failed(d, "timeout", f"no result within {budget:.0f}s", started)
+        except httpx.TimeoutException:
+            return self._failed(d, "timeout", "upstream timed out", started)
+        except httpx.TransportError as exc:
+            return self._failed(d, "network", f"{type(exc).__name__}", started)
+        except BlobError as exc:
+            return self._failed(d, "invalid_response", str(exc), started)
+        except Exception as exc:
+            log.exception("provider_bug")
+            return self._failed(d, "upstream_error", f"internal error: {type(exc).__name__}", started)
+        elapsed = int((time.monotonic() - started) * 1000)
+        log.info("attempt_succeeded", blob=ref.name, bytes=ref.size, mime=ref.mime, elapsed_ms=elapsed)
+        return AttemptSucceeded(
+            job_id=d.job_id,
+            attempt=d.attempt,
+            provider=self.alias,
+            result=ref,
+            source_url=out.source_url,
+            elapsed_ms=elapsed,
+        )
+
+    def _failed(
+        self,
+        d: AttemptDispatched,
+        reason: str,
+        message: str,
+        started: float,
+        *,
+        status: int = 0,
+        retry_after: float = 0.0,
+    ) -> AttemptFailed:
+        elapsed = int((time.monotonic() - started) * 1000) if started else 0
+        text = redact(message)[:500]
+        log.info("attempt_failed", reason=reason, message=text, status=status, elapsed_ms=elapsed)
+        return AttemptFailed(
+            job_id=d.job_id,
+            attempt=d.attempt,
+            provider=self.alias,
+            reason=reason,  # type: ignore[arg-type]
+            message=text,
+            status=status,
+            retry_after=retry_after,
+            elapsed_ms=elapsed,
+        )
+
+    async def _finish(self, msg: Msg, event: AttemptSucceeded | AttemptFailed) -> None:
+        await self.bus.publish(event)
+        await msg.ack()
+
+    async def _still_open(self, d: AttemptDispatched) -> bool:
+        """On a redelivery: is this attempt still waiting for a result?"""
+        state = fold(d.job_id, (e for _, e in await self.bus.history(d.job_id)))
+        view = state.attempt(d.attempt)
+        return not state.done and view is not None and view.open and view.provider == self.alias
+
+
+def providers_for(config: Config, only: Sequence[str] | None = None) -> list[Provider]:
+    """Instantiate the provider classes for ``only`` (default: every enabled alias)."""
+    from .providers import load_provider
+
+    aliases = list(only) if only else config.enabled_providers()
+    return [load_provider(alias, config) for alias in aliases]

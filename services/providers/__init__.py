@@ -1,0 +1,32 @@
+"""Provider registry: alias → the module and class that speak that upstream.
+
+Modules are imported lazily so a deployment only loads what it runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from ..config import Config
+from ..errors import ConfigError
+from ..provider import Provider
+
+__all__ = ("REGISTRY", "load_provider")
+
+REGISTRY: dict[str, str] = {
+    "local": "services.providers.local:LocalProvider",
+}
+"""alias → ``module:Class``. Every alias in ``services.config.CAPABILITIES`` gets an entry."""
+
+
+def load_provider(alias: str, config: Config) -> Provider:
+    target = REGISTRY.get(alias)
+    if target is None:
+        known = ", ".join(sorted(REGISTRY))
+        raise ConfigError(f"no provider implementation for {alias!r} (known: {known})")
+    module_name, _, cls_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    provider = cls(config)
+    if not isinstance(provider, Provider):
+        raise ConfigError(f"{target} is not a Provider")
+    return provider

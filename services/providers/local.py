@@ -1,0 +1,89 @@
+"""``local``: an offline Pillow renderer for demos, tests and CI. **Not AI.**
+
+It draws a deterministic picture (a gradient derived from the prompt, with the prompt
+as a caption) at the requested size; for an edit it draws the caption onto the first
+input image. The same prompt and size always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import textwrap
+
+import anyio
+from PIL import Image, ImageDraw, ImageFont
+
+from ..errors import ProviderFailure
+from ..media import MediaInfo
+from ..provider import AttemptContext, Output, Provider
+from ..settings import LocalSettings
+from ..sizes import parse_output
+
+__all__ = ("LocalProvider", "render")
+
+MAX_EDGE = 4096
+
+
+class LocalProvider(Provider):
+    alias = "local"
+
+    async def run(self, ctx: AttemptContext) -> Output:
+        settings = ctx.settings
+        assert isinstance(settings, LocalSettings)
+        if settings.delay > 0:
+            await anyio.sleep(settings.delay)
+        try:
+            intent = parse_output(ctx.output or settings.size)
+        except ValueError as exc:
+            raise ProviderFailure("bad_request", str(exc)) from None
+        base = ctx.inputs[0].data if ctx.op in ("edit", "selfie") and ctx.inputs else None
+        if ctx.op in ("edit", "selfie") and base is None:
+            raise ProviderFailure("bad_request", "an edit needs an input image")
+        width, height = intent.pixels(default_long_edge=1024) if not intent.empty else _default(settings.size)
+        data, w, h = await anyio.to_thread.run_sync(render, ctx.prompt, width, height, base)
+        return Output(data=data, info=MediaInfo("image/png", w, h))
+
+
+def _default(size: str) -> tuple[int, int]:
+    return parse_output(size).pixels(default_long_edge=1024)
+
+
+def render(prompt: str, width: int, height: int, base: bytes | None = None) -> tuple[bytes, int, int]:
+    """PNG bytes of the caption drawn on a gradient (or on ``base``). Deterministic."""
+    width = max(64, min(MAX_EDGE, width))
+    height = max(64, min(MAX_EDGE, height))
+    if base is not None:
+        try:
+            with Image.open(io.BytesIO(base)) as src:
+                img = src.convert("RGB")
+        except Exception:
+            raise ProviderFailure("bad_request", "input image cannot be decoded") from None
+        width, height = img.size
+    else:
+        digest = hashlib.sha256(prompt.encode()).digest()
+        c1, c2 = digest[:3], digest[3:6]
+        # A vertical gradient built from a 1-pixel-wide column, then stretched: fast at 4K.
+        column = Image.new("RGB", (1, 256))
+        for y in range(256):
+            t = y / 255
+            column.putpixel((0, y), tuple(int(a + (b - a) * t) for a, b in zip(c1, c2, strict=True)))
+        img = column.resize((width, height), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(img)
+    size = max(12, min(width, height) // 16)
+    try:
+        font: ImageFont.FreeTypeFont | ImageFont.ImageFont = ImageFont.load_default(size=size)
+    except TypeError:  # very old Pillow
+        font = ImageFont.load_default()
+    chars = max(8, int(width / (size * 0.6)))
+    text = "\n".join(textwrap.wrap(prompt or "(empty prompt)", chars)[:8])
+    box = draw.multiline_textbbox((0, 0), text, font=font)
+    tw, th = box[2] - box[0], box[3] - box[1]
+    x = (width - tw) // 2
+    y = size if base is not None else height - th - size  # edits caption the top, so both show
+    pad = size // 3
+    draw.rectangle((x - pad, y - pad, x + tw + pad, y + th + pad), fill=(0, 0, 0))
+    draw.multiline_text((x, y), text, font=font, fill=(255, 255, 255))
+    out = io.BytesIO()
+    img.save(out, format="PNG", optimize=False, compress_level=1)
+    return out.getvalue(), width, height

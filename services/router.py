@@ -1,0 +1,231 @@
+"""The router actor: turns requests and attempt results into the next step of each job.
+
+For every message on its consumer (requests, cancels, attempt results) it loads the
+job's state — from its cache, or by replaying the job's history — applies the message,
+asks :func:`services.routing.decide` what to do, and writes the resulting events.
+
+Timers are durable: when a job is waiting for a provider, the router does not ack the
+message that caused the wait but ``nak``s it with a delay equal to the time left until
+the attempt's deadline. The server redelivers it then, even to a restarted router, and
+the router counts the attempt as a timeout if it is still open. No timer lives only in
+memory, so a router can be killed at any point and a new one continues every job.
+
+All writes are idempotent (``Nats-Msg-Id`` per logical event; the fold keeps the first
+result per attempt and the first terminal event), so several router replicas may share
+the consumer for availability.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import anyio
+import structlog
+from nats.aio.msg import Msg
+from structlog.contextvars import bound_contextvars
+
+from messages import (
+    AttemptDispatched,
+    AttemptFailed,
+    AttemptSucceeded,
+    DecodeError,
+    JobEvent,
+    JobFailed,
+    decode_event,
+)
+
+from .bus import Bus
+from .routing import decide
+from .runtime import PullConsumer, describe
+from .state import JobState, apply, fold
+
+__all__ = ("Router",)
+
+log = structlog.get_logger("aiimg.router")
+
+
+@dataclass(slots=True)
+class _Entry:
+    state: JobState
+    last_seq: int
+    timer_seq: int = 0
+    """Stream seq of the message currently holding this job's durable timer."""
+    timer_due: float = 0.0
+    """When that message comes back."""
+
+
+class Router:
+    def __init__(self, bus: Bus, *, concurrency: int | None = None, cache_size: int = 20_000) -> None:
+        self.bus = bus
+        self.config = bus.config
+        self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._cache_size = cache_size
+        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+        self.consumer = PullConsumer(
+            bus,
+            bus.names.router_consumer,
+            self.handle,
+            concurrency=concurrency or bus.config.actors.router_concurrency,
+            name="router",
+        )
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        log.info("router_started")
+        await self.consumer.run(task_status=task_status)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+    # ---- per message ----------------------------------------------------------
+
+    async def handle(self, msg: Msg) -> None:
+        job_id = _job_id(self.bus, msg.subject)
+        try:
+            event = decode_event(msg.data)
+        except DecodeError as exc:
+            log.warning("rejected_message", reason=str(exc), job_id=job_id, **describe(msg))
+            await msg.term()
+            return
+        if job_id is None or event.job_id != job_id:
+            log.warning("rejected_message", reason="job id in body does not match the subject", **describe(msg))
+            await msg.term()
+            return
+        with bound_contextvars(job_id=job_id):
+            async with self._lock(job_id):
+                await self._step(msg, event)
+
+    async def _step(self, msg: Msg, event: JobEvent) -> None:
+        seq = msg.metadata.sequence.stream
+        entry = await self._load(event.job_id, seq, event)
+        if entry.state.request is None:
+            log.warning("rejected_message", reason="event for a job that was never requested", **describe(msg))
+            await msg.term()
+            return
+        if entry.state.done:
+            await msg.ack()
+            self._forget_if_done(event.job_id)
+            return
+        while True:
+            now = time.time()
+            decision = decide(entry.state, self.config, now)
+            if decision.event is not None:
+                written = decision.event
+                new_seq, duplicate = await self.bus.publish_checked(written)
+                if duplicate:
+                    # Another router wrote this step first (or we did, before a crash):
+                    # our view may be stale, so read the truth back.
+                    entry = await self._reload(event.job_id)
+                else:
+                    entry.state = apply(entry.state, written)
+                    entry.last_seq = max(entry.last_seq, new_seq)
+                _log_written(written)
+                continue
+            if decision.wait_until is not None:
+                if entry.timer_seq and entry.timer_seq != seq and entry.timer_due <= decision.wait_until + 0.5:
+                    # Another message already holds this job's timer and fires in time.
+                    await msg.ack()
+                else:
+                    entry.timer_seq = seq
+                    entry.timer_due = decision.wait_until
+                    await msg.nak(delay=max(0.001, decision.wait_until - now))
+                return
+            await msg.ack()
+            self._forget_if_done(event.job_id)
+            return
+
+    # ---- state cache ----------------------------------------------------------
+
+    async def _load(self, job_id: str, seq: int, event: JobEvent) -> _Entry:
+        entry = self._cache.get(job_id)
+        if entry is None:
+            return await self._reload(job_id)
+        self._cache.move_to_end(job_id)
+        if seq > entry.last_seq:
+            if not _fits(entry.state, event):
+                return await self._reload(job_id)
+            entry.state = apply(entry.state, event)
+            entry.last_seq = seq
+        return entry
+
+    async def _reload(self, job_id: str) -> _Entry:
+        history = await self.bus.history(job_id)
+        state = fold(job_id, (e for _, e in history))
+        old = self._cache.get(job_id)
+        entry = _Entry(
+            state=state,
+            last_seq=history[-1][0] if history else 0,
+            timer_seq=old.timer_seq if old else 0,
+            timer_due=old.timer_due if old else 0.0,
+        )
+        self._cache[job_id] = entry
+        self._cache.move_to_end(job_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+    def _forget_if_done(self, job_id: str) -> None:
+        entry = self._cache.get(job_id)
+        if entry is not None and entry.state.done:
+            del self._cache[job_id]
+
+    def _lock(self, job_id: str) -> _JobLock:
+        return _JobLock(self._locks, job_id)
+
+
+class _JobLock:
+    """A per-job lock that removes itself when nobody holds or waits for it."""
+
+    __slots__ = ("_job", "_locks")
+
+    def __init__(self, locks: dict[str, tuple[anyio.Lock, int]], job: str) -> None:
+        self._locks = locks
+        self._job = job
+
+    async def __aenter__(self) -> None:
+        lock, users = self._locks.get(self._job, (None, 0))
+        if lock is None:
+            lock = anyio.Lock()
+        self._locks[self._job] = (lock, users + 1)
+        await lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        lock, users = self._locks[self._job]
+        lock.release()
+        if users <= 1:
+            del self._locks[self._job]
+        else:
+            self._locks[self._job] = (lock, users - 1)
+
+
+def _fits(state: JobState, event: JobEvent) -> bool:
+    """Whether ``event`` can follow ``state`` directly (else our cached view missed something)."""
+    if isinstance(event, (AttemptSucceeded, AttemptFailed)):
+        view = state.attempt(event.attempt)
+        return view is not None and view.provider == event.provider
+    return True
+
+
+def _job_id(bus: Bus, subject: str) -> str | None:
+    try:
+        return bus.names.job_id_of(subject)
+    except ValueError:
+        return None
+
+
+def _log_written(event: JobEvent) -> None:
+    match event:
+        case AttemptDispatched():
+            log.info(
+                "attempt_dispatched",
+                attempt=event.attempt,
+                provider=event.provider,
+                delay=round(max(0.0, event.not_before - event.at), 3) if event.not_before else 0,
+            )
+        case AttemptFailed():
+            log.info("attempt_timed_out", attempt=event.attempt, provider=event.provider)
+        case JobFailed():
+            log.info("job_failed", message=event.message, failures=len(event.failures))
+        case _:
+            log.info(event.__struct_config__.tag or "event_written")

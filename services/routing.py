@@ -1,0 +1,197 @@
+"""The router's decisions: provider chains and what to do next for a job. Pure functions.
+
+``plan_chain`` turns a request and the config into an ordered, deduplicated list of
+providers that can serve the operation. ``decide`` looks at a folded :class:`JobState`
+and the time and returns the next event to write (or how long to wait).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from messages import (
+    AttemptDispatched,
+    AttemptFailed,
+    AttemptSucceeded,
+    FailureSummary,
+    JobCancelled,
+    JobCompleted,
+    JobEvent,
+    JobFailed,
+    JobRequested,
+    Operation,
+)
+
+from .config import CAPABILITIES, Config
+from .state import JobState
+
+__all__ = ("Decision", "Plan", "decide", "plan_chain", "retry_delay")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    chain: list[str]
+    skipped: dict[str, str]
+    """Providers named in config or the request that were left out, and why."""
+
+
+def plan_chain(config: Config, request: JobRequested) -> Plan:
+    """``[explicit backend or primary, fallback_1, fallback_2, fallback_3]``, deduplicated.
+
+    Empty entries are skipped; so are providers that cannot do the operation, are not
+    configured, or (for edits) have ``supports_edit = false``. Unlike the old plugin,
+    the primary is never tried a second time as a fallback.
+    """
+    op: Operation = request.op
+    candidates: list[str]
+    if op == "video":
+        candidates = [config.video.provider]
+    else:
+        section = config.draw if op == "draw" else config.edit
+        backend = request.backend.strip()
+        primary = backend if backend and backend.lower() != "auto" else section.provider
+        candidates = [primary]
+        if op == "selfie" and not (backend and backend.lower() != "auto"):
+            prefer = config.selfie.prefer_provider.strip()
+            if prefer and prefer.lower() != "auto":
+                candidates.insert(0, prefer)
+        if op == "draw" or config.edit.fallback.enabled:
+            candidates += section.fallbacks()
+    chain: list[str] = []
+    skipped: dict[str, str] = {}
+    for raw in candidates:
+        alias = config.canonical(op, raw) if raw else ""
+        if not alias or alias in chain or alias in skipped:
+            continue
+        if alias not in CAPABILITIES:
+            skipped[alias] = "unknown provider"
+        elif op not in CAPABILITIES[alias]:
+            skipped[alias] = f"cannot {op}"
+        elif not config.can_serve(op, alias):
+            block = config.block(op, alias)
+            if block is not None and op in ("edit", "selfie") and not block.supports_edit:
+                skipped[alias] = "supports_edit = false"
+            else:
+                skipped[alias] = "not configured"
+        else:
+            chain.append(alias)
+    return Plan(chain=chain, skipped=skipped)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the router does next for one job.
+
+    Exactly one of: ``event`` to write (then decide again), ``wait_until`` (a time to
+    look again), or neither (the job needs nothing more from the router).
+    """
+
+    event: JobEvent | None = None
+    wait_until: float | None = None
+
+
+def _max_retries(config: Config, op: Operation, provider: str) -> int:
+    if op in ("edit", "selfie"):
+        return max(0, config.edit.fallback.max_retries)
+    block = config.block(op, provider)
+    return max(0, block.max_retries) if block is not None else 0
+
+
+def retry_delay(config: Config, retries_used: int, retry_after: float) -> float | None:
+    """Seconds before retrying on the same provider, or ``None`` to escalate now.
+
+    Exponential from ``policy.backoff`` (edits: ``edit.fallback.retry_delay``) capped at
+    ``policy.max_backoff``; a longer upstream hint wins, unless it exceeds ``policy.max_retry_after``.
+    """
+    pol = config.policy
+    if retry_after > pol.max_retry_after:
+        return None
+    backoff = min(pol.max_backoff, pol.backoff * (2**retries_used))
+    return max(backoff, retry_after)
+
+
+def decide(state: JobState, config: Config, now: float) -> Decision:
+    """The next step for ``state`` at time ``now``."""
+    req = state.request
+    if req is None or state.terminal is not None:
+        return Decision()
+    if state.cancel_requested is not None:
+        return Decision(JobCancelled(job_id=state.job_id, reason=state.cancel_requested, at=now))
+    current = state.current
+    if current is None:
+        plan = plan_chain(config, req)
+        if not plan.chain:
+            why = "; ".join(f"{k}: {v}" for k, v in plan.skipped.items()) or "nothing configured"
+            return Decision(JobFailed(job_id=state.job_id, message=f"no provider can {req.op} ({why})", at=now))
+        return Decision(_dispatch(config, req, plan.chain, plan.chain[0], 1, now, now))
+    outcome = current.outcome
+    if outcome is None:
+        if now >= current.dispatch.deadline:
+            return Decision(
+                AttemptFailed(
+                    job_id=state.job_id,
+                    attempt=current.n,
+                    provider=current.provider,
+                    reason="timeout",
+                    message="no answer from the provider before its deadline",
+                    at=now,
+                )
+            )
+        return Decision(wait_until=current.dispatch.deadline)
+    if isinstance(outcome, AttemptSucceeded):
+        return Decision(
+            JobCompleted(
+                job_id=state.job_id,
+                result=outcome.result,
+                provider=outcome.provider,
+                attempt=outcome.attempt,
+                source_url=outcome.source_url,
+                at=now,
+            )
+        )
+    chain = state.chain
+    provider = current.provider
+    if outcome.reason in config.policy.retry_reasons:
+        used = _consecutive_on(state, provider) - 1
+        if used < _max_retries(config, req.op, provider):
+            delay = retry_delay(config, used, outcome.retry_after)
+            if delay is not None:
+                return Decision(_dispatch(config, req, chain, provider, current.n + 1, now, now + delay))
+    idx = chain.index(provider) if provider in chain else len(chain)
+    for nxt in chain[idx + 1 :]:
+        return Decision(_dispatch(config, req, chain, nxt, current.n + 1, now, now))
+    failures = [
+        FailureSummary(attempt=a.n, provider=a.provider, reason=a.outcome.reason, message=a.outcome.message)
+        for a in state.attempts
+        if isinstance(a.outcome, AttemptFailed)
+    ]
+    return Decision(JobFailed(job_id=state.job_id, failures=failures, message="every provider failed", at=now))
+
+
+def _consecutive_on(state: JobState, provider: str) -> int:
+    count = 0
+    for a in reversed(state.attempts):
+        if a.provider != provider:
+            break
+        count += 1
+    return count
+
+
+def _dispatch(
+    config: Config, req: JobRequested, chain: list[str], provider: str, n: int, now: float, start: float
+) -> AttemptDispatched:
+    block = config.block(req.op, provider)
+    timeout = block.timeout if block is not None else 120.0
+    return AttemptDispatched(
+        job_id=req.job_id,
+        attempt=n,
+        provider=provider,
+        op=req.op,
+        prompt=req.prompt,
+        inputs=list(req.inputs),
+        output=req.output,
+        chain=list(chain),
+        deadline=start + timeout + config.policy.timeout_grace,
+        not_before=start if start > now else 0.0,
+        at=now,
+    )

@@ -1,0 +1,226 @@
+"""The actor runtime: a durable pull consumer with bounded concurrency, on anyio.
+
+nats-py runs a subscription's callback one message at a time, and its ``fetch(n)``
+waits for the whole batch, so neither fits a service whose handlers take seconds.
+:class:`PullConsumer` keeps its own pull requests open on the consumer, asks for
+exactly as many messages as it has free slots, and runs every message in its own
+task: a slow upstream call never holds another job (no head-of-line blocking).
+
+Graceful shutdown: stop asking for messages, hand back (nak) the ones not yet
+started, let running handlers finish within ``drain_timeout``, then cancel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+from nats.aio.msg import Msg
+
+from .bus import Bus
+
+__all__ = ("PullConsumer", "heartbeat")
+
+log = structlog.get_logger("aiimg.runtime")
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+_EXPIRES = 5.0
+"""Seconds each pull request stays open on the server; renewed continuously."""
+
+
+class PullConsumer:
+    """Runs ``handler`` for every message of a durable consumer, ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        durable: str,
+        handler: Handler,
+        *,
+        concurrency: int = 64,
+        name: str = "",
+        drain_timeout: float = 30.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.bus = bus
+        self.durable = durable
+        self.handler = handler
+        self.concurrency = concurrency
+        self.name = name or durable
+        self.drain_timeout = drain_timeout
+        self.in_flight = 0
+        self.handled = 0
+        self._outstanding = 0
+        self._requests: deque[list[float]] = deque()  # [remaining, expires_at]
+        self._wake = anyio.Event()
+        self._stopping = anyio.Event()
+        self._stopped = anyio.Event()
+        self._idle = anyio.Event()
+
+    # ---- public -------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        nc = self.bus.nc
+        inbox = nc.new_inbox()
+        send, recv = anyio.create_memory_object_stream[Msg](math.inf)
+
+        async def on_msg(msg: Msg) -> None:
+            send.send_nowait(msg)
+
+        sub = await nc.subscribe(inbox, cb=on_msg)
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.bus.names.jobs_stream}.{self.durable}"
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._pull_loop, next_subject, inbox)
+                task_status.started()
+                async with recv:
+                    while True:
+                        with anyio.move_on_after(0.25):
+                            msg = await recv.receive()
+                            if self._on_status(msg):
+                                continue
+                            if self._stopping.is_set():
+                                with contextlib.suppress(Exception):
+                                    await msg.nak()
+                                continue
+                            self._delivered()
+                            self.in_flight += 1
+                            tg.start_soon(self._run_one, msg)
+                            continue
+                        if self._stopping.is_set():
+                            break
+                # Drain: wait for running handlers, then cancel what is left.
+                with anyio.move_on_after(self.drain_timeout):
+                    while self.in_flight:
+                        self._idle = anyio.Event()
+                        await self._idle.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            send.close()
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Ask the loop to finish gracefully and wait until it has."""
+        self._stopping.set()
+        self._wake.set()
+        await self._stopped.wait()
+
+    # ---- internals ----------------------------------------------------------
+
+    async def _run_one(self, msg: Msg) -> None:
+        try:
+            await self.handler(msg)
+        except anyio.get_cancelled_exc_class():
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Exception:
+            log.exception("handler_crashed", consumer=self.name, subject=msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=5.0)
+        finally:
+            self.in_flight -= 1
+            self.handled += 1
+            self._wake.set()
+            self._idle.set()
+
+    def _delivered(self) -> None:
+        self._outstanding = max(0, self._outstanding - 1)
+        if self._requests:
+            self._requests[0][0] -= 1
+            if self._requests[0][0] <= 0:
+                self._requests.popleft()
+
+    def _on_status(self, msg: Msg) -> bool:
+        """Handle pull-request status messages (no data, ``Status`` header). True if it was one."""
+        hdrs = msg.headers or {}
+        status = hdrs.get("Status")
+        if not status or msg.data:
+            return False
+        if status in ("408", "409", "404"):
+            # The oldest request ended (expired, or the server cut it); what it still
+            # owed us is in Nats-Pending-Messages.
+            pending = int(hdrs.get("Nats-Pending-Messages", "0") or 0)
+            if self._requests:
+                req = self._requests.popleft()
+                pending = pending or int(req[0])
+            self._outstanding = max(0, self._outstanding - pending)
+            if status == "409":
+                log.debug("pull_request_ended", consumer=self.name, description=hdrs.get("Description", ""))
+            self._wake.set()
+        return True
+
+    async def _pull_loop(self, subject: str, inbox: str) -> None:
+        nc = self.bus.nc
+        threshold = max(1, self.concurrency // 4)
+        while not self._stopping.is_set():
+            # A fresh event *before* reading the counters, so no wake-up is lost.
+            self._wake = anyio.Event()
+            now = time.monotonic()
+            while self._requests and self._requests[0][1] < now - 1.0:
+                # Lost status (e.g. across a reconnect): forget the request.
+                req = self._requests.popleft()
+                self._outstanding = max(0, self._outstanding - int(req[0]))
+            free = self.concurrency - self.in_flight - self._outstanding
+            if free >= threshold or (free > 0 and self._outstanding == 0):
+                body = {"batch": free, "expires": int(_EXPIRES * 1e9)}
+                try:
+                    await nc.publish(subject, json.dumps(body).encode(), reply=inbox)
+                    self._outstanding += free
+                    self._requests.append([float(free), now + _EXPIRES])
+                except Exception as exc:  # disconnected: retry shortly
+                    log.warning("pull_request_failed", consumer=self.name, error=str(exc))
+                    await anyio.sleep(0.5)
+                    continue
+            wait = (self._requests[0][1] - time.monotonic() + 1.0) if self._requests else 1.0
+            with anyio.move_on_after(max(0.05, wait)):
+                await self._wake.wait()
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(msg: Msg, interval: float) -> AsyncIterator[None]:
+    """Send ``+WPI`` (in progress) every ``interval`` seconds while the body runs.
+
+    Keeps a long upstream call from being redelivered to another replica while this
+    one is healthy; if the process dies, heartbeats stop and ``ack_wait`` redelivers.
+    """
+
+    async def beat() -> None:
+        while True:
+            await anyio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(beat)
+        try:
+            yield
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def subject_job_id(bus: Bus, subject: str) -> str | None:
+    try:
+        return bus.names.job_id_of(subject)
+    except ValueError:
+        return None
+
+
+def describe(msg: Msg) -> dict[str, Any]:
+    try:
+        md = msg.metadata
+        return {"subject": msg.subject, "seq": md.sequence.stream, "delivered": md.num_delivered}
+    except Exception:
+        return {"subject": msg.subject}

@@ -1,0 +1,131 @@
+"""Running aiimg: a NATS connection (embedded or external) plus the router and provider actors.
+
+``Stack`` is used by ``aiimg serve``, by client commands that run an embedded stack
+for their own duration, by the AstrBot bridge, and by tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import structlog
+
+from .bus import Bus, connect
+from .config import Config, secret_values
+from .embedded import EmbeddedServer
+from .logging import REDACTOR
+from .provider import Provider, ProviderActor, providers_for
+from .router import Router
+
+__all__ = ("Stack", "open_bus", "running_embedded_url")
+
+log = structlog.get_logger("aiimg.stack")
+
+
+class _Actor(Protocol):
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = ...) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def _serve_file(config: Config) -> Path:
+    return config.data_path() / "nats" / "serve.json"
+
+
+def running_embedded_url(config: Config) -> str | None:
+    """The URL of an embedded server that ``aiimg serve`` is running for this data dir, if any."""
+    path = _serve_file(config)
+    try:
+        info = json.loads(path.read_text())
+        pid = int(info["pid"])
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    url = info.get("url")
+    return url if isinstance(url, str) else None
+
+
+@contextlib.asynccontextmanager
+async def open_bus(config: Config, *, announce: bool = False) -> AsyncIterator[Bus]:
+    """Connect to ``nats.url``; if empty, to a running embedded ``serve``; else start one here."""
+    REDACTOR.register(secret_values(config))
+    server: EmbeddedServer | None = None
+    url = config.nats.url or running_embedded_url(config)
+    if not url:
+        server = EmbeddedServer(config.data_path() / "nats")
+        url = await anyio.to_thread.run_sync(server.start)
+        log.info("embedded_nats_started", url=url, store=str(server.store_dir))
+        if announce:
+            _serve_file(config).write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    try:
+        bus = await connect(config, url)
+        try:
+            await bus.ensure_layout()
+            yield bus
+        finally:
+            await bus.close()
+    finally:
+        if server is not None:
+            if announce:
+                _serve_file(config).unlink(missing_ok=True)
+            server.stop()
+
+
+class Stack:
+    """Router and/or provider actors on one bus, in one task group."""
+
+    def __init__(self, bus: Bus, *, router: bool = True, providers: Sequence[Provider] | None = None) -> None:
+        self.bus = bus
+        self.actors: list[_Actor] = []
+        if router:
+            self.router: Router | None = Router(bus)
+            self.actors.append(self.router)
+        else:
+            self.router = None
+        provs = list(providers) if providers is not None else providers_for(bus.config)
+        self.providers = [ProviderActor(bus, p) for p in provs]
+        self.actors.extend(self.providers)
+
+    @classmethod
+    def from_only(cls, bus: Bus, only: Sequence[str] | None) -> Stack:
+        """``--only router,local``: the router if named (or nothing named), and the named providers."""
+        if not only:
+            return cls(bus)
+        names = [n.strip() for n in only if n.strip()]
+        provs = (
+            providers_for(bus.config, [n for n in names if n != "router"]) if any(n != "router" for n in names) else []
+        )
+        return cls(bus, router="router" in names, providers=provs)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            for actor in self.actors:
+                await tg.start(actor.run)
+            log.info(
+                "stack_ready",
+                router=self.router is not None,
+                providers=[p.alias for p in self.providers],
+            )
+            task_status.started()
+
+    async def stop(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for actor in self.actors:
+                tg.start_soon(actor.stop)
+
+
+@contextlib.asynccontextmanager
+async def running(stack: Stack) -> AsyncIterator[Stack]:
+    """Run ``stack`` in the background for the duration of the block, then stop it gracefully."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(stack.run)
+        try:
+            yield stack
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stack.stop()
