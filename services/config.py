@@ -170,6 +170,18 @@ class ActorsConfig(Block, kw_only=True):
     concurrency_per_provider: dict[str, int] = msgspec.field(default_factory=dict)
 
 
+class NetworkConfig(Block, kw_only=True):
+    """Downloads of URLs named by upstreams or chat messages (not the configured API URLs)."""
+
+    allow_private_downloads: bool = False
+    """Allow downloads from loopback/private/link-local addresses (tests and LAN gateways)."""
+    download_max_bytes: int = 50 * 1024 * 1024
+    download_timeout: float = 60.0
+    max_redirects: int = 3
+    proxy: str = ""
+    """HTTP(S) proxy for upstream calls, e.g. ``http://127.0.0.1:7890`` (empty: none)."""
+
+
 class LogConfig(Block, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -184,6 +196,7 @@ class Config(Block, kw_only=True):
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     actors: ActorsConfig = msgspec.field(default_factory=ActorsConfig)
+    network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     data_dir: str = ""
     """Where the embedded nats-server keeps JetStream data; default ``$XDG_DATA_HOME/aiimg``."""

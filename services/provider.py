@@ -116,7 +116,10 @@ class ProviderActor:
         self.concurrency = concurrency or cfg.actors.concurrency_per_provider.get(self.alias, cfg.actors.concurrency)
         self.blobs = BlobStore(bus)
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=300.0), follow_redirects=False)
+        proxy = cfg.network.proxy or None
+        self.http = http or httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, read=300.0), follow_redirects=False, proxy=proxy, trust_env=False
+        )
         self.consumer = PullConsumer(
             bus, bus.names.provider_consumer(self.alias), self.handle, concurrency=self.concurrency, name=self.alias
         )

@@ -15,6 +15,15 @@ __all__ = ("REGISTRY", "load_provider")
 
 REGISTRY: dict[str, str] = {
     "local": "services.providers.local:LocalProvider",
+    "grok": "services.providers.grok:GrokProvider",
+    "openai_compat": "services.providers.openai_compat:OpenAICompatProvider",
+    "gemini_openai": "services.providers.openai_compat:GeminiOpenAIProvider",
+    "gemini_native": "services.providers.gemini_native:GeminiNativeProvider",
+    "gitee": "services.providers.gitee:GiteeProvider",
+    "gitee_async": "services.providers.gitee_async:GiteeAsyncProvider",
+    "jimeng": "services.providers.jimeng:JimengProvider",
+    "ark": "services.providers.ark:ArkProvider",
+    "grok_video": "services.providers.grok_video:GrokVideoProvider",
 }
 """alias → ``module:Class``. Every alias in ``services.config.CAPABILITIES`` gets an entry."""
 

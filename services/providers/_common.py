@@ -1,0 +1,340 @@
+"""Pieces every HTTP provider shares: URL normalisation, key rotation, error mapping,
+strict base64, safe downloads and the 404 cool-down.
+
+Provider modules stay small by composing these; nothing here knows one upstream.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+import time
+from collections.abc import Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import anyio
+import httpx
+
+from messages import Reason
+
+from ..config import NetworkConfig
+from ..errors import ProviderFailure
+from ..logging import redact
+
+__all__ = (
+    "Cooldown",
+    "KeyRing",
+    "decode_base64",
+    "download",
+    "failure_from_response",
+    "normalize_gemini_base",
+    "normalize_openai_base",
+    "parse_json",
+    "retry_after_seconds",
+    "short",
+)
+
+# ---- URLs -------------------------------------------------------------------------
+
+_OPENAI_SUFFIXES = (
+    "/v1/chat/completions",
+    "/chat/completions",
+    "/v1/images/generations",
+    "/images/generations",
+    "/v1/images/edits",
+    "/images/edits",
+    "/v1/images",
+    "/images",
+)
+
+
+def normalize_openai_base(url: str) -> str:
+    """API root ending in ``/v1`` from a bare domain, a ``/v1`` URL or a pasted endpoint.
+
+    ``https://api.x.ai`` → ``https://api.x.ai/v1``; ``https://p/openai/v1/chat/completions``
+    → ``https://p/openai/v1``; ``https://p/api`` → ``https://p/api/v1``.
+    """
+    value = url.strip().rstrip("/")
+    lower = value.lower()
+    for suffix in _OPENAI_SUFFIXES:
+        if lower.endswith(suffix):
+            value = value[: -len(suffix)].rstrip("/")
+            break
+    if re.search(r"/v1($|/)", value):
+        return value
+    parts = urlsplit(value)
+    if parts.scheme and parts.netloc:
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/v1", "", ""))
+    return value + "/v1"
+
+
+def normalize_gemini_base(url: str) -> str:
+    """``…/v1beta`` root for Gemini generateContent; never doubles ``/v1beta`` or ``/models``."""
+    value = url.strip().rstrip("/")
+    for suffix in ("/models", "/v1beta", "/v1"):
+        if value.lower().endswith(suffix):
+            value = value[: -len(suffix)].rstrip("/")
+    for suffix in ("/v1beta",):
+        if value.lower().endswith(suffix):
+            value = value[: -len(suffix)].rstrip("/")
+    return value + "/v1beta"
+
+
+def join(base: str, path: str) -> str:
+    """``base`` + ``/path`` with exactly one slash between."""
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def resolve_against(base: str, path: str) -> str:
+    return urljoin(base.rstrip("/") + "/", path.lstrip("/"))
+
+
+# ---- keys ---------------------------------------------------------------------------
+
+
+class KeyRing:
+    """Round-robin over several API keys; a key is reported by its 1-based position, never its value."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = [k.strip() for k in keys if k and k.strip()]
+        self._next = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def take(self) -> tuple[int, str]:
+        """(position starting at 1, key). Raises ``ProviderFailure(auth)`` when there are none."""
+        if not self.keys:
+            raise ProviderFailure("auth", "no API key configured")
+        i = self._next % len(self.keys)
+        self._next = i + 1
+        return i + 1, self.keys[i]
+
+
+# ---- responses ------------------------------------------------------------------------
+
+
+def short(text: str, limit: int = 200) -> str:
+    """One line, redacted, at most ``limit`` characters."""
+    one = " ".join(redact(text).split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float:
+    """Seconds from ``Retry-After`` (delta or HTTP date) or ``retry-after-ms``; 0 when absent."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return 0.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return 0.0
+
+
+_POLICY_WORDS = re.compile(
+    r"moderation|content[ _-]?policy|safety|sensitive|nsfw|prohibited|inappropriate|violat|blocked",
+    re.IGNORECASE,
+)
+_QUOTA_WORDS = re.compile(r"quota|rate[ _-]?limit|too many requests|resource[ _]exhausted", re.IGNORECASE)
+
+
+def error_text(body: Any) -> str:
+    """The human message inside an error body of the usual shapes (OpenAI, Gemini, Gitee, Ark)."""
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            for key in ("message", "msg", "description", "detail", "code", "status"):
+                if isinstance(err.get(key), str) and err[key]:
+                    return str(err[key])
+        if isinstance(err, str):
+            return err
+        for key in ("message", "msg", "detail"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+    return json.dumps(body, ensure_ascii=False)[:300] if body is not None else ""
+
+
+def failure_from_response(
+    label: str, response: httpx.Response, *, key_index: int = 0, body: Any = None
+) -> ProviderFailure:
+    """Map an HTTP error response to a typed failure. Providers refine upstream-specific shapes first."""
+    status = response.status_code
+    if body is None:
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text
+    text = error_text(body) if not isinstance(body, str) else body
+    msg = short(text) or response.reason_phrase
+    reason: Reason
+    if status in (401, 403):
+        reason = "auth"
+        msg = f"key #{key_index} rejected ({status})" if key_index else f"authentication failed ({status})"
+    elif status == 429 or _QUOTA_WORDS.search(text):
+        reason = "rate_limited"
+    elif _POLICY_WORDS.search(text):
+        reason = "content_policy"
+    elif status == 404:
+        reason = "unsupported"
+    elif status in (408, 504, 524):
+        reason = "timeout"
+    elif 400 <= status < 500:
+        reason = "bad_request"
+    else:
+        reason = "upstream_error"
+    return ProviderFailure(
+        reason, f"{label} HTTP {status}: {msg}", status=status, retry_after=retry_after_seconds(response.headers)
+    )
+
+
+def parse_json(label: str, response: httpx.Response) -> Any:
+    """The JSON body of a 2xx response, or ``invalid_response`` for HTML / malformed / empty bodies."""
+    ctype = response.headers.get("content-type", "")
+    text_head = response.content[:64].lstrip().lower()
+    if "html" in ctype or text_head.startswith((b"<!doctype", b"<html")):
+        raise ProviderFailure(
+            "invalid_response", f"{label} returned an HTML page instead of JSON", status=response.status_code
+        )
+    if not response.content.strip():
+        raise ProviderFailure("invalid_response", f"{label} returned an empty body", status=response.status_code)
+    try:
+        return response.json()
+    except ValueError:
+        raise ProviderFailure(
+            "invalid_response", f"{label} returned malformed JSON", status=response.status_code
+        ) from None
+
+
+# ---- base64 -----------------------------------------------------------------------------
+
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
+
+
+def decode_base64(value: str) -> bytes:
+    """Strictly decode base64 or a ``data:…;base64,`` URL (whitespace tolerated, padding fixed).
+
+    Raises ``ProviderFailure(invalid_response)`` on anything that is not clean base64,
+    instead of silently decoding a prefix as the old regex did.
+    """
+    text = value.strip()
+    m = _DATA_URL.match(text)
+    if m:
+        text = text[m.end() :]
+    text = re.sub(r"\s+", "", text)
+    if "-" in text or "_" in text:
+        text = text.replace("-", "+").replace("_", "/")
+    text += "=" * (-len(text) % 4)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProviderFailure("invalid_response", "image data is not valid base64") from None
+
+
+# ---- downloads -----------------------------------------------------------------------------
+
+
+def _is_private(host: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost")
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified
+
+
+async def _resolves_private(host: str) -> bool:
+    if _is_private(host):
+        return True
+    try:
+        infos = await anyio.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return any(_is_private(str(info[4][0])) for info in infos)
+
+
+async def download(
+    http: httpx.AsyncClient,
+    url: str,
+    net: NetworkConfig,
+    *,
+    label: str = "download",
+    max_bytes: int | None = None,
+    timeout: float | None = None,
+) -> tuple[bytes, str]:
+    """GET ``url`` safely: http(s) only, redirects re-checked, size cap, overall timeout.
+
+    Returns ``(bytes, final_url)``. Failures are typed: ``network``, ``timeout``,
+    ``invalid_response`` (too large, bad scheme, private address when not allowed).
+    """
+    limit = max_bytes or net.download_max_bytes
+    current = url
+    with anyio.fail_after(timeout or net.download_timeout):
+        for _ in range(net.max_redirects + 1):
+            parts = urlsplit(current)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ProviderFailure("invalid_response", f"{label}: refusing URL scheme {parts.scheme or '?'}")
+            if not net.allow_private_downloads and await _resolves_private(parts.hostname):
+                raise ProviderFailure("invalid_response", f"{label}: refusing a private or loopback address")
+            async with http.stream("GET", current, follow_redirects=False) as resp:
+                if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("location"):
+                    current = urljoin(current, resp.headers["location"])
+                    continue
+                if resp.status_code >= 400:
+                    raise failure_from_response(
+                        label, resp, body=(await resp.aread())[:2000].decode("utf-8", "replace")
+                    )
+                declared = resp.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > limit:
+                    raise ProviderFailure(
+                        "invalid_response", f"{label}: {int(declared)} bytes exceeds the {limit}-byte cap"
+                    )
+                chunks: list[bytes] = []
+                total = 0
+                async for chunk in resp.aiter_bytes():
+                    total += len(chunk)
+                    if total > limit:
+                        raise ProviderFailure("invalid_response", f"{label}: body exceeds the {limit}-byte cap")
+                    chunks.append(chunk)
+                return b"".join(chunks), current
+        raise ProviderFailure("invalid_response", f"{label}: too many redirects")
+
+
+# ---- 404 cool-down -----------------------------------------------------------------------------
+
+
+class Cooldown:
+    """Parks an operation after a 404 for ``seconds``; a blocked call does not renew the wait.
+
+    (The old plugin's blocked-call error text contained "404" and so re-armed itself forever.)
+    """
+
+    def __init__(self, seconds: float = 600.0) -> None:
+        self.seconds = seconds
+        self._until: dict[str, float] = {}
+
+    def check(self, label: str, operation: str) -> None:
+        until = self._until.get(operation, 0.0)
+        left = until - time.monotonic()
+        if left > 0:
+            raise ProviderFailure(
+                "unsupported", f"{label} {operation} is parked for {left:.0f}s after a 404 (endpoint not available)"
+            )
+
+    def park(self, operation: str) -> None:
+        self._until[operation] = time.monotonic() + self.seconds
+
+    def clear(self, operation: str) -> None:
+        self._until.pop(operation, None)
