@@ -1,0 +1,1 @@
+"""Loopback fake upstreams that speak each provider's real wire format."""
