@@ -31,15 +31,15 @@ from ._types import ProviderAlias as ProviderAlias
 from ._types import Reason as Reason
 
 __all__ = (
-    "DEFAULT_PREFIX",
-    "FAILURE_REASONS",
     "AttemptDispatched",
     "AttemptFailed",
     "AttemptSucceeded",
     "BlobRef",
     "CancelRequested",
+    "DEFAULT_PREFIX",
     "DecodeError",
     "Event",
+    "FAILURE_REASONS",
     "FailureSummary",
     "JobCancelled",
     "JobCompleted",

@@ -33,6 +33,7 @@ from .errors import BusError
 __all__ = ("MSG_ID", "Bus", "connect", "event_subject")
 
 MSG_ID = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 ROUTER_FILTERS = ("requested", "cancel", "attempt")
 
 log = structlog.get_logger("aiimg.bus")
@@ -203,29 +204,42 @@ class Bus:
         Deduplicated by ``Nats-Msg-Id`` (see :func:`msg_id`), so a retried publish of
         the same logical event is stored once; the duplicate's ack names the original seq.
         """
-        try:
-            ack = await self.js.publish(
-                event_subject(self.names, event),
-                encode(event),
-                headers={MSG_ID: msg_id(event)},
-                stream=self.names.jobs_stream,
-            )
-        except APIError as exc:
-            raise BusError(f"publish refused: {exc}") from exc
-        return int(ack.seq)
+        return (await self.publish_checked(event))[0]
 
     async def publish_checked(self, event: Event) -> tuple[int, bool]:
-        """Like :meth:`publish`, also telling whether the server dropped it as a duplicate."""
+        """Like :meth:`publish`, also telling whether the server dropped it as a duplicate.
+
+        A ``JobRequested`` is only accepted as the first request of its job id
+        (``Nats-Expected-Last-Subject-Sequence: 0``), so reusing an old job id after the
+        dedupe window is refused instead of re-running a finished job.
+        """
+        from messages import JobRequested
+
+        headers = {MSG_ID: msg_id(event)}
+        if isinstance(event, JobRequested):
+            headers[EXPECTED_LAST_SUBJECT_SEQ] = "0"
         try:
             ack = await self.js.publish(
                 event_subject(self.names, event),
                 encode(event),
-                headers={MSG_ID: msg_id(event)},
+                headers=headers,
                 stream=self.names.jobs_stream,
             )
         except APIError as exc:
+            if exc.err_code == 10071 and isinstance(event, JobRequested):
+                raise BusError(f"job id {event.job_id} was already used") from None
             raise BusError(f"publish refused: {exc}") from exc
         return int(ack.seq), bool(ack.duplicate)
+
+    async def last_seq(self, job_id: str) -> int:
+        """Stream sequence of the job's newest event (0 when it has none). One round trip."""
+        try:
+            raw = await self.js.get_msg(
+                self.names.jobs_stream, subject=self.names.subject("history", job_id), direct=True
+            )
+        except NotFoundError:
+            return 0
+        return int(raw.seq or 0)
 
     async def history(self, job_id: str) -> list[tuple[int, JobEvent]]:
         """Every decodable event of ``job_id`` with its stream sequence, oldest first."""

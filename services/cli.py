@@ -190,7 +190,7 @@ def format_trace(events: Sequence[JobEvent]) -> list[str]:
     t0 = events[0].at if events else 0.0
     for e in events:
         stamp = datetime.fromtimestamp(e.at, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
-        rel = f"+{e.at - t0:7.3f}s"
+        rel = f"+{e.at - t0:.3f}s".rjust(9)
         tag = e.__struct_config__.tag
         provider = getattr(e, "provider", "") or ""
         detail = ""

@@ -9,6 +9,7 @@ is done once, here, by :class:`ProviderActor`.
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -123,12 +124,18 @@ class ProviderActor:
         self.consumer = PullConsumer(
             bus, bus.names.provider_consumer(self.alias), self.handle, concurrency=self.concurrency, name=self.alias
         )
+        self._running: dict[str, set[anyio.CancelScope]] = {}
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        # Terminal events of any job: a running attempt of a job that ended (cancelled,
+        # or finished elsewhere) is stopped at once instead of holding an upstream slot.
+        done_sub = await self.bus.nc.subscribe(self.bus.names.subject("done"), cb=self._on_done)
         log.info("provider_started", provider=self.alias, concurrency=self.concurrency)
         try:
             await self.consumer.run(task_status=task_status)
         finally:
+            with contextlib.suppress(Exception):
+                await done_sub.unsubscribe()
             await self.provider.aclose()
             if self._own_http:
                 await self.http.aclose()
@@ -175,9 +182,29 @@ class ProviderActor:
         budget = max(1.0, min(block.timeout, d.deadline - now - 1.0))
         log.info("attempt_started", op=d.op, inputs=len(d.inputs))
         interval = max(1.0, self.bus.config.actors.ack_wait / 3)
-        async with heartbeat(msg, interval):
-            result = await self._produce(d, block, started, budget)
+        scope = anyio.CancelScope()
+        self._running.setdefault(d.job_id, set()).add(scope)
+        result: AttemptSucceeded | AttemptFailed | None = None
+        try:
+            with scope:
+                async with heartbeat(msg, interval):
+                    result = await self._produce(d, block, started, budget)
+        finally:
+            scopes = self._running.get(d.job_id)
+            if scopes is not None:
+                scopes.discard(scope)
+                if not scopes:
+                    del self._running[d.job_id]
+        if result is None:  # the job ended while we worked on it
+            log.info("attempt_abandoned", reason="job already finished")
+            await msg.ack()
+            return
         await self._finish(msg, result)
+
+    async def _on_done(self, msg: Msg) -> None:
+        job_id = msg.subject.split(".")[-2] if msg.subject.count(".") >= 3 else ""
+        for scope in self._running.get(job_id, ()):
+            scope.cancel()
 
     async def _produce(
         self, d: AttemptDispatched, block: ProviderSettings, started: float, budget: float

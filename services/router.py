@@ -33,6 +33,7 @@ from messages import (
     DecodeError,
     JobEvent,
     JobFailed,
+    JobRequested,
     decode_event,
 )
 
@@ -97,8 +98,9 @@ class Router:
                 await self._step(msg, event)
 
     async def _step(self, msg: Msg, event: JobEvent) -> None:
-        seq = msg.metadata.sequence.stream
-        entry = await self._load(event.job_id, seq, event)
+        md = msg.metadata
+        seq = md.sequence.stream
+        entry = await self._load(event.job_id, seq, event, md.num_delivered)
         if entry.state.request is None:
             log.warning("rejected_message", reason="event for a job that was never requested", **describe(msg))
             await msg.term()
@@ -137,16 +139,21 @@ class Router:
 
     # ---- state cache ----------------------------------------------------------
 
-    async def _load(self, job_id: str, seq: int, event: JobEvent) -> _Entry:
+    async def _load(self, job_id: str, seq: int, event: JobEvent, delivered: int) -> _Entry:
         entry = self._cache.get(job_id)
         if entry is None:
+            if isinstance(event, JobRequested) and delivered == 1 and await self.bus.last_seq(job_id) == seq:
+                # Fast path for a fresh job: its request is its whole history (one round trip).
+                return self._store(job_id, _Entry(state=apply(JobState(job_id=job_id), event), last_seq=seq))
             return await self._reload(job_id)
         self._cache.move_to_end(job_id)
-        if seq > entry.last_seq:
-            if not _fits(entry.state, event):
-                return await self._reload(job_id)
-            entry.state = apply(entry.state, event)
-            entry.last_seq = seq
+        # Apply every incoming event, whatever its seq: our own writes may have moved past
+        # an external event we have not seen yet (a cancel written while we dispatched).
+        # ``apply`` ignores events it already has, so redeliveries are harmless.
+        if not _fits(entry.state, event):
+            return await self._reload(job_id)
+        entry.state = apply(entry.state, event)
+        entry.last_seq = max(entry.last_seq, seq)
         return entry
 
     async def _reload(self, job_id: str) -> _Entry:
@@ -159,6 +166,9 @@ class Router:
             timer_seq=old.timer_seq if old else 0,
             timer_due=old.timer_due if old else 0.0,
         )
+        return self._store(job_id, entry)
+
+    def _store(self, job_id: str, entry: _Entry) -> _Entry:
         self._cache[job_id] = entry
         self._cache.move_to_end(job_id)
         while len(self._cache) > self._cache_size:

@@ -51,6 +51,13 @@ class _OpenAIStyle(ProviderSettings, kw_only=True):
     model: str = ""
     size: str = "4096x4096"
     extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
+    edit_image_field: Literal["auto", "image", "image[]"] = "auto"
+    """Multipart name of the input files on ``images/edits``. ``auto``: ``image`` for one file,
+    ``image[]`` for several (what OpenAI takes; it rejects repeated ``image`` parts with
+    ``duplicate_parameter``). ``image``: always repeat ``image`` (Gitee-style gateways).
+    ``image[]``: always ``image[]``. Ignored by xAI (JSON edits) and chat mode."""
+    not_found_cooldown: float = 600.0
+    """Seconds an operation stays parked after the upstream answered 404 for it."""
 
     def configured(self) -> bool:
         return bool(self.base_url.strip() and self.api_keys)
@@ -88,6 +95,9 @@ class JimengSettings(ProviderSettings, kw_only=True):
     default_style: str = "真实"
     default_ratio: str = "1:1"
     default_model: str = "Seedream 4.0"
+    supports_edit: bool = False
+    """The aggregator takes an edit's input only as a public ``url``; aiimg hosts no files, so
+    edits are off unless a deployment sets this (the provider then answers ``unsupported``)."""
 
     def configured(self) -> bool:
         return bool(self.api_url.strip() and self.apikey and self.cookie_list)
@@ -102,6 +112,17 @@ class GiteeSettings(ProviderSettings, kw_only=True):
     num_inference_steps: int = 9
     timeout: float = 300.0
     supports_edit: bool = False
+    allowed_sizes: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "256x256", "512x512", "1024x1024", "2048x2048",
+            "1152x896", "2048x1536", "768x1024", "1536x2048",
+            "2048x1360", "1360x2048", "1024x576", "2048x1152", "576x1024", "1152x2048",
+        ]
+    )  # fmt: skip
+    """Sizes the model accepts (z-image-turbo's 14). Another size is mapped to the closest ratio,
+    then the closest area. Empty: send any ``WxH`` as asked (e.g. for Qwen-Image's 1328x1328)."""
+    not_found_cooldown: float = 600.0
+    """Seconds ``images/generations`` stays parked after the upstream answered 404."""
 
     def configured(self) -> bool:
         return bool(self.base_url.strip() and self.api_keys)
@@ -129,7 +150,10 @@ class ArkSettings(ProviderSettings, kw_only=True):
     api_keys: list[str] = msgspec.field(default_factory=list)
     model: str = "doubao-seedream-4-0-250828"
     size: str = "4K"
+    """``1K``/``2K``/``3K``/``4K`` preset or ``WxH``; a job's output intent wins."""
     watermark: bool = False
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    """``b64_json`` saves a second download; ``url`` results are fetched (URLs live 24 h)."""
     extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
 
     def configured(self) -> bool:
@@ -169,8 +193,16 @@ class VideoSettings(ProviderSettings, kw_only=True):
     max_cached_videos: int = 20
     presets: list[str] = msgspec.field(default_factory=list)
     poll_interval: float = 5.0
+    """``api_mode = "videos"``: seconds between ``GET /v1/videos/{id}`` polls."""
     max_bytes: int = 200 * 1024 * 1024
     timeout: float = 600.0
+    """Whole attempt (request, polling, download). ``timeout_seconds`` bounds each HTTP call."""
+    duration: int = 0
+    """``api_mode = "videos"``: seconds of video (1-15); 0 leaves it to the upstream."""
+    aspect_ratio: str = ""
+    """``api_mode = "videos"``: e.g. ``16:9``; empty follows the input image. A job's ratio wins."""
+    resolution: str = ""
+    """``api_mode = "videos"``: ``480p`` | ``720p``; empty leaves it to the upstream."""
 
     def configured(self) -> bool:
         return self.enabled and bool(self.server_url.strip() and self.api_key)

@@ -12,9 +12,9 @@ import ipaddress
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import anyio
@@ -31,11 +31,13 @@ __all__ = (
     "KeyRing",
     "decode_base64",
     "download",
+    "each_key",
     "failure_from_response",
     "normalize_gemini_base",
     "normalize_openai_base",
     "parse_json",
     "retry_after_seconds",
+    "scrub",
     "short",
 )
 
@@ -116,7 +118,47 @@ class KeyRing:
         return i + 1, self.keys[i]
 
 
+_T = TypeVar("_T")
+
+
+async def each_key(ring: KeyRing, call: Callable[[int, str], Awaitable[_T]], *, noun: str = "key") -> _T:
+    """``call(position, key)`` with the ring's next key; on an ``auth`` failure, with the following one.
+
+    Each key is tried at most once per attempt, so one revoked key among several does not
+    fail every job that lands on it. Any other failure is raised at once: retries of
+    transient reasons are the router's decision, not the provider's.
+    """
+    tried: list[int] = []
+    last: ProviderFailure | None = None
+    for _ in range(max(1, len(ring.keys))):
+        position, key = ring.take()
+        try:
+            return await call(position, key)
+        except ProviderFailure as exc:
+            if exc.reason != "auth":
+                raise
+            tried.append(position)
+            last = exc
+    assert last is not None
+    if len(tried) == 1:
+        raise last
+    listed = ", ".join(f"#{p}" for p in tried)
+    raise ProviderFailure("auth", f"{last.message}; every {noun} was rejected ({listed})", status=last.status) from None
+
+
 # ---- responses ------------------------------------------------------------------------
+
+
+def scrub(text: str, *secrets: str) -> str:
+    """``text`` with the given secrets (and every registered one) replaced by ``***``.
+
+    For messages built from upstream bodies, which may echo a key or cookie back; the
+    process-wide redactor only knows secrets registered at start, so callers pass the
+    key of the call at hand explicitly.
+    """
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return redact(text)
 
 
 def short(text: str, limit: int = 200) -> str:
@@ -273,14 +315,18 @@ async def download(
     label: str = "download",
     max_bytes: int | None = None,
     timeout: float | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[bytes, str]:
     """GET ``url`` safely: http(s) only, redirects re-checked, size cap, overall timeout.
 
+    ``headers`` (e.g. an API key for a gateway that serves results behind auth) are sent
+    only while the URL stays on ``url``'s origin: a redirect to another host never gets them.
     Returns ``(bytes, final_url)``. Failures are typed: ``network``, ``timeout``,
     ``invalid_response`` (too large, bad scheme, private address when not allowed).
     """
     limit = max_bytes or net.download_max_bytes
     current = url
+    origin = _origin(url)
     with anyio.fail_after(timeout or net.download_timeout):
         for _ in range(net.max_redirects + 1):
             parts = urlsplit(current)
@@ -288,7 +334,8 @@ async def download(
                 raise ProviderFailure("invalid_response", f"{label}: refusing URL scheme {parts.scheme or '?'}")
             if not net.allow_private_downloads and await _resolves_private(parts.hostname):
                 raise ProviderFailure("invalid_response", f"{label}: refusing a private or loopback address")
-            async with http.stream("GET", current, follow_redirects=False) as resp:
+            sent = dict(headers) if headers and _origin(current) == origin else None
+            async with http.stream("GET", current, headers=sent, follow_redirects=False) as resp:
                 if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("location"):
                     current = urljoin(current, resp.headers["location"])
                     continue
@@ -310,6 +357,15 @@ async def download(
                     chunks.append(chunk)
                 return b"".join(chunks), current
         raise ProviderFailure("invalid_response", f"{label}: too many redirects")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
 # ---- 404 cool-down -----------------------------------------------------------------------------
