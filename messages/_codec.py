@@ -20,4 +20,5 @@ encode = _encoder.encode
 
 def decode_event(data: bytes | bytearray | memoryview) -> JobEvent:
     """Decode one job event. Raises :data:`DecodeError` with a JSON path on bad input."""
-    return _event_decoder.decode(data)
+    event: JobEvent = _event_decoder.decode(data)
+    return event

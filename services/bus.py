@@ -116,6 +116,8 @@ class Bus:
     js: JetStreamContext
     names: Names
     config: Config
+    embedded_here: bool = False
+    """True when this process started the embedded nats-server this bus talks to."""
     _kv: KeyValue | None = field(default=None, repr=False)
 
     async def close(self) -> None:

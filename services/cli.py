@@ -113,19 +113,11 @@ async def _job(config: Config, args: argparse.Namespace) -> int:
         except OSError as exc:
             raise AiimgError(f"cannot read input image {path}: {exc.strerror}") from None
     async with open_bus(config) as bus:
-        embedded_actors = not config.nats.url and bus.nc.connected_url is not None and _is_ours(bus)
         client = Client(bus)
-        if embedded_actors:
+        if bus.embedded_here:  # no service to talk to: run the actors for this command
             async with running(Stack(bus)):
                 return await _submit_and_wait(client, op, args, images)
         return await _submit_and_wait(client, op, args, images)
-
-
-def _is_ours(bus: object) -> bool:
-    """True when this process started the embedded server (no ``aiimg serve`` is running)."""
-    from .stack import running_embedded_url
-
-    return running_embedded_url(bus.config) is None
 
 
 async def _submit_and_wait(client: Client, op: Operation, args: argparse.Namespace, images: list[bytes]) -> int:

@@ -106,8 +106,8 @@ def retry_delay(config: Config, retries_used: int, retry_after: float) -> float 
     pol = config.policy
     if retry_after > pol.max_retry_after:
         return None
-    backoff = min(pol.max_backoff, pol.backoff * (2**retries_used))
-    return max(backoff, retry_after)
+    backoff = min(pol.max_backoff, pol.backoff * float(2**retries_used))
+    return float(max(backoff, retry_after))
 
 
 def decide(state: JobState, config: Config, now: float) -> Decision:

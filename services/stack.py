@@ -64,6 +64,7 @@ async def open_bus(config: Config, *, announce: bool = False) -> AsyncIterator[B
             _serve_file(config).write_text(json.dumps({"url": url, "pid": os.getpid()}))
     try:
         bus = await connect(config, url)
+        bus.embedded_here = server is not None
         try:
             await bus.ensure_layout()
             yield bus

@@ -83,3 +83,35 @@ def test_unreadable_input_image_is_a_clear_error(tmp_path: Path) -> None:
     assert res.returncode == 1 and "cannot read input image missing.png" in res.stderr
     res = aiimg("edit", "x", "-i", "notimage.png", cwd=tmp_path)
     assert res.returncode == 1 and "input image rejected" in res.stderr
+
+
+def test_client_commands_use_a_running_embedded_serve(tmp_path: Path) -> None:
+    """`aiimg serve` on the embedded default announces itself; `aiimg draw` then uses it."""
+    write_config(tmp_path, "[draw.local]\nsize = '300x200'\n")
+    env = {k: v for k, v in os.environ.items() if k != "AIIMG_CONFIG"}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert serve.stderr is not None
+        for line in serve.stderr:
+            if "aiimg serving on" in line:
+                break
+        else:
+            raise AssertionError("serve did not start")
+        announced = tmp_path / "data" / "nats" / "serve.json"
+        assert announced.is_file()
+        res = aiimg("draw", "through the running service", "-o", "a.png", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        with Image.open(tmp_path / "a.png") as img:
+            assert img.size == (300, 200)
+    finally:
+        serve.terminate()
+        assert serve.wait(timeout=30) == 0
+    assert not announced.exists()

@@ -79,8 +79,8 @@ def render(prompt: str, width: int, height: int, base: bytes | None = None) -> t
     text = "\n".join(textwrap.wrap(prompt or "(empty prompt)", chars)[:8])
     box = draw.multiline_textbbox((0, 0), text, font=font)
     tw, th = box[2] - box[0], box[3] - box[1]
-    x = (width - tw) // 2
-    y = size if base is not None else height - th - size  # edits caption the top, so both show
+    x = int((width - tw) // 2)
+    y = int(size) if base is not None else int(height - th - size)  # edits caption the top, so both show
     pad = size // 3
     draw.rectangle((x - pad, y - pad, x + tw + pad, y + th + pad), fill=(0, 0, 0))
     draw.multiline_text((x, y), text, font=font, fill=(255, 255, 255))
