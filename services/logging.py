@@ -78,6 +78,10 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
     else:
         processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+    # httpx logs every request URL at INFO through stdlib logging, and some upstreams
+    # (Jimeng) carry keys in the query string: keep those loggers quiet whatever the host does.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),

@@ -6,6 +6,7 @@ Modules are imported lazily so a deployment only loads what it runs.
 from __future__ import annotations
 
 import importlib
+import logging
 
 from ..config import Config
 from ..errors import ConfigError
@@ -26,6 +27,12 @@ REGISTRY: dict[str, str] = {
     "grok_video": "services.providers.grok_video:GrokVideoProvider",
 }
 """alias → ``module:Class``. Every alias in ``services.config.CAPABILITIES`` gets an entry."""
+
+
+# Imported by every provider process: silence the request-URL loggers even when the
+# host (AstrBot, a test runner) configured stdlib logging at INFO.
+for _noisy in ("httpx", "httpcore"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
 
 
 def load_provider(alias: str, config: Config) -> Provider:

@@ -1,0 +1,159 @@
+"""``jimeng``: a third-party Jimeng / Doubao drawing aggregator, one ``GET {api_url}?…``.
+
+Query: ``description`` (prompt), ``type`` (style), ``ratio``, ``model``,
+``conversation_id`` and ``Cookie`` (from one ``cookie_list`` entry
+``conversation_id:cookie``, split at the first ``:``, entries used round-robin) and
+``apikey``. Success is ``{"code": 200, "image_url": [url, …] | url}``; the first image is
+downloaded. Anything else with a 200 is a business error, typed by its message.
+
+Edits are not offered. The aggregator takes an input image only as a public ``url``
+parameter; the old plugin published the image through AstrBot's file service, which
+this system does not have (and a data URL in a query string is far past URL limits).
+``edit.jimeng.supports_edit`` is therefore false by default and an edit that reaches
+this provider anyway fails as ``unsupported``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import httpx
+
+from ..config import Config
+from ..errors import ProviderFailure
+from ..provider import AttemptContext, Output, Provider
+from ..settings import JimengSettings
+from ..sizes import parse_output
+from ._common import KeyRing, download, each_key, failure_from_response, parse_json, scrub, short
+
+__all__ = ("RATIOS", "JimengProvider", "parse_cookie", "pick_ratio")
+
+LABEL = "jimeng"
+
+RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9")
+"""Ratios the aggregator offers; a job's ratio or ``WxH`` is sent as the closest one."""
+
+HEADERS = {"User-Agent": "Mozilla/5.0", "Accept": "application/json"}
+
+_POLICY = re.compile(r"违规|敏感|审核|不合规|色情|nsfw|sensitive|moderation|policy|prohibited", re.IGNORECASE)
+_QUOTA = re.compile(r"积分|额度|次数|余额|上限|频繁|限流|quota|credit|rate[ _-]?limit|too many", re.IGNORECASE)
+_AUTH = re.compile(r"cookie|登录|登陆|失效|过期|未授权|apikey|api key|sessionid|unauthori[sz]ed|token", re.IGNORECASE)
+
+
+def parse_cookie(entry: str) -> tuple[str, str] | None:
+    """``"123:sid=a"`` → ``("123", "sid=a")``; split at the first ``:`` only. None if malformed."""
+    conversation, sep, cookie = entry.partition(":")
+    if not sep or not conversation.strip() or not cookie.strip():
+        return None
+    return conversation.strip(), cookie.strip()
+
+
+class JimengProvider(Provider):
+    alias = "jimeng"
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(config)
+        self._rings: dict[tuple[str, ...], KeyRing] = {}
+
+    async def run(self, ctx: AttemptContext) -> Output:
+        settings = ctx.settings
+        assert isinstance(settings, JimengSettings)
+        if ctx.op != "draw":
+            raise ProviderFailure(
+                "unsupported", f"{LABEL}: edits need the input image at a public URL, which aiimg does not host"
+            )
+        if not settings.api_url.strip():
+            raise ProviderFailure("bad_request", f"{LABEL}: api_url is not configured")
+        if not settings.apikey.strip():
+            raise ProviderFailure("auth", f"{LABEL}: apikey is not configured")
+        entries = [e.strip() for e in settings.cookie_list if parse_cookie(e)]
+        if not entries:
+            raise ProviderFailure("auth", f"{LABEL}: cookie_list has no conversation_id:cookie entry")
+        ring = self._rings.setdefault(tuple(entries), KeyRing(entries))
+        ratio = pick_ratio(ctx.output, settings.default_ratio)
+        apikey = settings.apikey.strip()
+
+        async def call(position: int, entry: str) -> Output:
+            parsed = parse_cookie(entry)
+            assert parsed is not None
+            conversation, cookie = parsed
+            params = {
+                "description": ctx.prompt,
+                "type": settings.default_style,
+                "ratio": ratio,
+                "model": settings.default_model,
+                "conversation_id": conversation,
+                "Cookie": cookie,
+                "apikey": apikey,
+            }
+            secrets = (entry, cookie, apikey)
+            resp = await ctx.http.get(settings.api_url.strip(), params=params, headers=HEADERS)
+            if resp.status_code >= 400:
+                raise _http_failure(resp, position, secrets)
+            body = parse_json(LABEL, resp)
+            url = _image_url(body, position, secrets)
+            data, final = await download(ctx.http, url, ctx.config.network, label=f"{LABEL} image")
+            return Output(data=data, source_url=final)
+
+        return await each_key(ring, call, noun="cookie")
+
+
+def pick_ratio(output: str, default: str) -> str:
+    """The job's ratio (or its ``WxH``'s) as the closest offered ratio, else ``default_ratio``."""
+    try:
+        intent = parse_output(output) if output.strip() else None
+    except ValueError as exc:
+        raise ProviderFailure("bad_request", f"{LABEL}: {exc}") from None
+    if intent is None:
+        return default
+    if intent.width and intent.height:
+        value = intent.width / intent.height
+    elif intent.ratio:
+        a, b = (int(x) for x in intent.ratio.split(":"))
+        value = a / b
+    else:
+        return default
+    want = math.log(value)
+    return min(RATIOS, key=lambda r: abs(math.log(int(r.split(":")[0]) / int(r.split(":")[1])) - want))
+
+
+def _image_url(body: Any, position: int, secrets: tuple[str, ...]) -> str:
+    if not isinstance(body, dict):
+        raise ProviderFailure("invalid_response", f"{LABEL}: reply is not a JSON object")
+    code = body.get("code")
+    urls = body.get("image_url")
+    if str(code) == "200" and urls:
+        first = urls[0] if isinstance(urls, list) else urls
+        if isinstance(first, str) and first.startswith(("http://", "https://")):
+            return first
+        raise ProviderFailure("invalid_response", f"{LABEL}: image_url is not an http(s) URL")
+    if str(code) == "200":
+        raise ProviderFailure("no_image", f"{LABEL}: code 200 without image_url")
+    raw = body.get("message") or body.get("msg") or body.get("text") or body.get("data") or f"code {code}"
+    raise _business_failure(scrub(str(raw), *secrets), position, code)
+
+
+def _business_failure(text: str, position: int, code: Any) -> ProviderFailure:
+    """A typed failure for a ``code != 200`` reply, from its message (the codes are not standard)."""
+    said = short(text)
+    if _POLICY.search(text):
+        return ProviderFailure("content_policy", f"{LABEL}: blocked by moderation: {said}")
+    if _QUOTA.search(text):
+        return ProviderFailure("rate_limited", f"{LABEL}: out of credits or rate limited: {said}")
+    if str(code) in ("401", "403") or _AUTH.search(text):
+        return ProviderFailure("auth", f"{LABEL}: cookie #{position} or apikey rejected: {said}")
+    return ProviderFailure("upstream_error", f"{LABEL}: business error {code}: {said}")
+
+
+def _http_failure(resp: httpx.Response, position: int, secrets: tuple[str, ...]) -> ProviderFailure:
+    if resp.status_code in (401, 403):
+        return ProviderFailure("auth", f"{LABEL}: cookie #{position} or apikey rejected ({resp.status_code})")
+    try:
+        body: Any = resp.json()
+    except ValueError:
+        body = resp.text
+    if isinstance(body, dict):
+        body = str(body.get("message") or body.get("msg") or body.get("error") or body)
+    return failure_from_response(LABEL, resp, key_index=position, body=scrub(str(body), *secrets))
