@@ -1,0 +1,230 @@
+"""The OpenAI Images API (``images/generations`` JSON, ``images/edits`` multipart) and the
+OpenAI error shape, shared by every provider that speaks it.
+
+One :class:`ImagesAPI` lives on a provider instance, because it holds that instance's
+404 cool-down. :class:`Caller` carries what one attempt calls with (label, API root,
+one key by position) so messages can name the key by its position and strip its value
+even when an upstream echoes it back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import structlog
+
+from ..errors import ProviderFailure
+from ..provider import AttemptContext, InputImage, Output
+from ._common import Cooldown, decode_base64, download, error_text, failure_from_response, join, parse_json, short
+
+__all__ = (
+    "Caller",
+    "ImageField",
+    "ImagesAPI",
+    "decode_image",
+    "form_value",
+    "image_from_response",
+    "openai_failure",
+)
+
+log = structlog.get_logger("aiimg.provider.images")
+
+ImageField = Literal["auto", "image", "image[]"]
+
+FULL_SIZE = "4096x4096"
+FALLBACK_SIZE = "2048x2048"
+
+_SIZE_REJECTED = re.compile(r"invalid|unsupported|not supported|allowed|must be|not one of", re.IGNORECASE)
+_POLICY_CODES = frozenset({"moderation_blocked", "content_policy_violation", "content_filter"})
+_AUTH_TEXT = re.compile(r"incorrect api key|invalid api key|api key not valid|invalid[_ ]api[_ ]key", re.IGNORECASE)
+_EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """What one attempt calls with. ``key`` is never put in a message; ``key_index`` is."""
+
+    label: str
+    base: str
+    """API root, normalised (``…/v1``)."""
+    key: str
+    key_index: int
+    timeout: float
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the key's value replaced by its position (upstreams echo keys in errors)."""
+        return text.replace(self.key, f"key #{self.key_index}") if self.key else text
+
+    async def post(self, ctx: AttemptContext, path: str, **kwargs: Any) -> httpx.Response:
+        """POST ``{base}/{path}`` with the key, bounded by both the block timeout and the attempt deadline."""
+        budget = max(1.0, min(self.timeout, ctx.remaining() or self.timeout))
+        return await ctx.http.post(
+            join(self.base, path),
+            headers=self.headers(),
+            timeout=httpx.Timeout(budget, connect=min(30.0, budget)),
+            **kwargs,
+        )
+
+
+def _body_of(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def openai_failure(caller: Caller, response: httpx.Response, body: Any = None) -> ProviderFailure:
+    """Typed failure for an OpenAI-shaped error (``{"error":{"message","type","code"}}``, or xAI's
+    ``{"code","error"}``), with the key's value stripped. Falls back to the generic mapping."""
+    if body is None:
+        body = _body_of(response)
+    err = body.get("error") if isinstance(body, dict) else None
+    details = err if isinstance(err, dict) else body if isinstance(body, dict) else {}
+    code = str(details.get("code") or "")
+    kind = str(details.get("type") or "")
+    text = caller.scrub(error_text(body) if not isinstance(body, str) else body)
+    status = response.status_code
+    where = f"{caller.label} HTTP {status}"
+    if code in _POLICY_CODES or kind == "image_generation_user_error" or "safety system" in text.lower():
+        return ProviderFailure("content_policy", f"{where}: {short(text)}", status=status)
+    if status not in (401, 403) and (code == "invalid_api_key" or _AUTH_TEXT.search(text)):
+        return ProviderFailure("auth", f"{where}: key #{caller.key_index} rejected", status=status)
+    if code == "insufficient_quota":
+        return ProviderFailure("rate_limited", f"{where}: quota exhausted for key #{caller.key_index}", status=status)
+    failure = failure_from_response(caller.label, response, key_index=caller.key_index, body=text)
+    failure.message = caller.scrub(failure.message)
+    return failure
+
+
+def form_value(value: Any) -> str:
+    """``extra_body`` values as multipart form fields: JSON for containers and booleans."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+async def image_from_response(ctx: AttemptContext, caller: Caller, body: Any) -> Output:
+    """``data[0].b64_json`` decoded strictly, else ``data[0].url`` downloaded; ``no_image`` if neither."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        if isinstance(body, dict) and body.get("error"):
+            raise openai_failure(caller, httpx.Response(200), body)
+        raise ProviderFailure("invalid_response", f"{caller.label}: reply has no data list")
+    first = data[0] if data else None
+    if not isinstance(first, dict):
+        raise ProviderFailure("no_image", f"{caller.label}: reply holds no image")
+    b64 = first.get("b64_json")
+    if isinstance(b64, str) and b64.strip():
+        return Output(data=decode_image(caller, b64))
+    url = first.get("url")
+    if isinstance(url, str) and url.strip():
+        raw, final = await download(ctx.http, url.strip(), ctx.config.network, label=f"{caller.label} image download")
+        return Output(data=raw, source_url=final)
+    raise ProviderFailure("no_image", f"{caller.label}: reply item has neither b64_json nor url")
+
+
+def decode_image(caller: Caller, value: str) -> bytes:
+    """Strict base64 (or data URL) decoding, with the failure naming the provider."""
+    try:
+        return decode_base64(value)
+    except ProviderFailure as exc:
+        raise ProviderFailure(exc.reason, f"{caller.label}: {exc.message}") from None
+
+
+def _size_rejected(response: httpx.Response) -> bool:
+    """The old plugin's test: the error mentions ``size`` and says it is not acceptable."""
+    if not 400 <= response.status_code < 500:
+        return False
+    text = response.text
+    return "size" in text.lower() and bool(_SIZE_REJECTED.search(text))
+
+
+class ImagesAPI:
+    """OpenAI Images calls for one provider instance, with its 404 cool-down."""
+
+    def __init__(self, cooldown_seconds: float = 600.0) -> None:
+        self.cooldown = Cooldown(cooldown_seconds)
+
+    async def exchange(
+        self,
+        ctx: AttemptContext,
+        caller: Caller,
+        operation: str,
+        send: Callable[[str], Awaitable[httpx.Response]],
+        size: str = "",
+    ) -> Any:
+        """Send, handle the 4K→2K retry, the 404 parking and errors; return the JSON body of a 2xx.
+
+        ``send(size)`` makes the HTTP call. When ``size`` is 4096x4096 and the upstream says
+        that size is not acceptable, the call is repeated exactly once at 2048x2048, and
+        whatever that second call answers is final.
+        """
+        self.cooldown.check(caller.label, operation)
+        response = await send(size)
+        if size == FULL_SIZE and _size_rejected(response):
+            log.info("size_downgraded", provider=caller.label, operation=operation, size=FALLBACK_SIZE)
+            response = await send(FALLBACK_SIZE)
+        if response.status_code == 404:
+            self.cooldown.park(operation)
+            body = _body_of(response)
+            detail = short(caller.scrub(error_text(body) if not isinstance(body, str) else body), 160)
+            raise ProviderFailure("unsupported", f"{caller.label} {operation} HTTP 404: {detail}", status=404)
+        if not response.is_success:
+            raise openai_failure(caller, response)
+        self.cooldown.clear(operation)
+        return parse_json(caller.label, response)
+
+    async def generate(
+        self, ctx: AttemptContext, caller: Caller, *, model: str, size: str, extra: Mapping[str, Any]
+    ) -> Output:
+        """``POST {base}/images/generations`` ``{model, prompt, size, **extra}`` (no ``n`` or
+        ``response_format`` unless ``extra`` has them: gpt-image models reject ``response_format``)."""
+
+        async def send(chosen: str) -> httpx.Response:
+            body: dict[str, Any] = {"model": model, "prompt": ctx.prompt}
+            if chosen:
+                body["size"] = chosen
+            body.update(extra)
+            return await caller.post(ctx, "images/generations", json=body)
+
+        body = await self.exchange(ctx, caller, "images.generate", send, size)
+        return await image_from_response(ctx, caller, body)
+
+    async def edit(
+        self,
+        ctx: AttemptContext,
+        caller: Caller,
+        *,
+        model: str,
+        size: str,
+        images: Sequence[InputImage],
+        extra: Mapping[str, Any],
+        image_field: ImageField = "auto",
+    ) -> Output:
+        """``POST {base}/images/edits`` multipart: ``model``, ``prompt``, ``size``, the files
+        (``image`` / ``image[]`` per ``image_field``) and ``extra`` as form fields."""
+        if not images:
+            raise ProviderFailure("bad_request", f"{caller.label}: an edit needs an input image")
+        name = image_field if image_field != "auto" else ("image" if len(images) == 1 else "image[]")
+        files = [
+            (name, (f"input_{i + 1}.{_EXT.get(img.mime, 'png')}", img.data, img.mime or "application/octet-stream"))
+            for i, img in enumerate(images)
+        ]
+
+        async def send(chosen: str) -> httpx.Response:
+            form: dict[str, str] = {"model": model, "prompt": ctx.prompt}
+            if chosen:
+                form["size"] = chosen
+            form.update({k: form_value(v) for k, v in extra.items()})
+            return await caller.post(ctx, "images/edits", data=form, files=files)
+
+        body = await self.exchange(ctx, caller, "images.edit", send, size)
+        return await image_from_response(ctx, caller, body)
