@@ -172,6 +172,16 @@ async def test_2k_refused_again_is_reported_after_exactly_one_retry(
     assert "2048x2048" in failure.message and "openai_compat" in failure.message
 
 
+async def test_4k_ratio_refused_is_retried_once_at_2k_same_ratio(
+    fake: OpenAIImagesFake, http: httpx.AsyncClient
+) -> None:
+    fake.sizes = GPT_IMAGE_SIZES | {"2048x1152"}
+    config = config_for(fake.up.url)
+    out = await run(OpenAICompatProvider(config), config, http, output="16:9")
+    assert out.data == fake.image
+    assert fake.sizes_sent() == ["4096x2304", "2048x1152"]
+
+
 async def test_other_400_at_4k_is_not_retried(fake: OpenAIImagesFake, http: httpx.AsyncClient) -> None:
     fake.mode = "moderation"
     config = config_for(fake.up.url)

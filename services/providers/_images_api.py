@@ -39,6 +39,25 @@ ImageField = Literal["auto", "image", "image[]"]
 FULL_SIZE = "4096x4096"
 FALLBACK_SIZE = "2048x2048"
 
+def downgraded(size: str) -> str | None:
+    """The 2K size to retry once with when ``size`` (long edge above 2048) is rejected.
+
+    ``4096x4096`` → ``2048x2048`` (the old plugin's rule); a ratio size keeps its ratio
+    (``4096x2304`` → ``2048x1152``). ``None`` for sizes that are already 2K or smaller.
+    """
+    m = re.fullmatch(r"(\d+)x(\d+)", size)
+    if not m:
+        return None
+    w, h = int(m.group(1)), int(m.group(2))
+    edge = max(w, h)
+    if edge <= 2048:
+        return None
+    if w == h:
+        return FALLBACK_SIZE
+    scale = 2048 / edge
+    return f"{max(16, round(w * scale / 16) * 16)}x{max(16, round(h * scale / 16) * 16)}"
+
+
 _SIZE_REJECTED = re.compile(r"invalid|unsupported|not supported|allowed|must be|not one of", re.IGNORECASE)
 _POLICY_CODES = frozenset({"moderation_blocked", "content_policy_violation", "content_filter"})
 _AUTH_TEXT = re.compile(r"incorrect api key|invalid api key|api key not valid|invalid[_ ]api[_ ]key", re.IGNORECASE)
@@ -169,9 +188,10 @@ class ImagesAPI:
         """
         self.cooldown.check(caller.label, operation)
         response = await send(size)
-        if size == FULL_SIZE and _size_rejected(response):
-            log.info("size_downgraded", provider=caller.label, operation=operation, size=FALLBACK_SIZE)
-            response = await send(FALLBACK_SIZE)
+        smaller = downgraded(size)
+        if smaller and _size_rejected(response):
+            log.info("size_downgraded", provider=caller.label, operation=operation, size=smaller)
+            response = await send(smaller)
         if response.status_code == 404:
             self.cooldown.park(operation)
             body = _body_of(response)
