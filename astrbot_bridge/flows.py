@@ -1,0 +1,413 @@
+"""What each command does, from the chat event to the bus and back.
+
+The :class:`Bridge` translates only: it parses the command (``commands``), reads the
+input images (``images``), paces the user (``feedback``), submits a job with
+``services.client`` / ``services.selfie``, waits for its terminal event and sends the
+result (``sending``). Provider choice, retries, fallbacks and size handling all happen
+in the router and the providers, configured by the same settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+from astrbot.api import logger
+from astrbot.api import message_components as Comp
+from astrbot.api.event import MessageChain
+
+from messages import JobCompleted, Operation
+from services.client import Client
+from services.config import Config
+from services.errors import AiimgError
+from services.providers._common import download
+from services.selfie import SelfieError, submit_selfie, webui_references
+
+from . import texts
+from .commands import Request, find_command, parse, resolve_tool_mode, valid_output
+from .feedback import FAILED, PROCESSING, SUCCEEDED, Debouncer, UserSlots, react
+from .images import AVATAR_URL, collect_images
+from .runtime import BusRuntime, wait_budget
+from .sending import ResultCache, Sink, limits_for, send_image, send_text, send_video
+
+__all__ = ("Bridge", "event_sink", "proactive_sink")
+
+HANDLED = "aiimg_handled"
+"""Event extra set once a handler of this plugin took the message (the fallback then stays out)."""
+
+REF_SHOW_LIMIT = 5
+
+
+def event_sink(event: Any) -> Sink:
+    """Send within the handler, through the event's own platform."""
+    send: Sink = event.send
+    return send
+
+
+def proactive_sink(context: Any, session: str) -> Sink:
+    """Send later, to the chat ``session`` (unified_msg_origin), e.g. after an LLM tool returned."""
+
+    async def send(chain: MessageChain) -> None:
+        if not await context.send_message(session, chain):
+            raise RuntimeError("no platform adapter for this chat")
+
+    return send
+
+
+def _origin(event: Any) -> dict[str, str]:
+    return {
+        "source": "astrbot",
+        "platform": str(event.get_platform_name()),
+        "session": str(event.unified_msg_origin),
+        "user": str(event.get_sender_id()),
+        "bot": str(event.get_self_id()),
+    }
+
+
+class Bridge:
+    """One per plugin instance: the bus runtime, pacing state, result caches, background tasks."""
+
+    def __init__(self, config: Config, *, data_dir: Path, site_packages: Path | None = None) -> None:
+        self.config = config
+        self.data_dir = data_dir
+        self.runtime = BusRuntime(config, site_packages=site_packages)
+        self.debounce = Debouncer(config.debounce_interval)
+        self.slots = UserSlots(config.max_user_concurrency)
+        self.videos = UserSlots(1)
+        self.image_cache = ResultCache(data_dir / "images", config.max_cached_images)
+        self.video_cache = ResultCache(data_dir / "videos", config.video.max_cached_videos)
+        self.edit_presets = config.presets()
+        self.video_presets = config.video_presets()
+        self.avatar_template = AVATAR_URL
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> bool:
+        ok = await self.runtime.start()
+        if not ok:
+            logger.error(f"aiimg: image service unavailable: {self.runtime.error}")
+        return ok
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for task in list(self.tasks):
+            with contextlib.suppress(BaseException):
+                await task
+        await self.runtime.stop()
+
+    # ---- parsing ------------------------------------------------------------------
+
+    def parse(self, text: str) -> Request | None:
+        return parse(text, self.edit_presets, self.video_presets)
+
+    def fallback_request(self, event: Any) -> Request | None:
+        """A command AstrBot did not route: a preset command, or a command after an image or @."""
+        text = event.message_str or ""
+        request = self.parse(text) if event.is_at_or_wake_command else None
+        return request or find_command(text, self.edit_presets, self.video_presets)
+
+    # ---- dispatch -----------------------------------------------------------------
+
+    async def handle(self, event: Any, request: Request) -> None:
+        """Run ``request`` for ``event``; every path ends with something sent to the chat."""
+        event.set_extra(HANDLED, True)
+        sink = event_sink(event)
+        kind = request.kind
+        if kind in ("draw", "edit", "selfie"):
+            await self._image_command(event, sink, request)
+        elif kind == "video":
+            await self._video_command(event, sink, request)
+        elif kind == "selfie_ref":
+            await self._references(event, sink, request)
+        elif kind == "video_presets":
+            await send_text(sink, texts.preset_list("视频预设", self.video_presets, "/视频 <预设名> [补充]"))
+        elif kind == "edit_presets":
+            await send_text(sink, texts.preset_list("改图预设", self.edit_presets, "/<预设名> [补充]"))
+        else:
+            await send_text(sink, texts.edit_help(self.edit_presets))
+
+    async def _client(self, sink: Sink) -> Client | None:
+        if await self.runtime.start() and self.runtime.client is not None:
+            return self.runtime.client
+        await send_text(sink, texts.BUS_DOWN.format(reason=self.runtime.error or "not started"))
+        return None
+
+    async def _fetch_avatar(self, url: str) -> bytes:
+        http = self.runtime.http
+        if http is None:
+            raise RuntimeError("bus not started")
+        data, _ = await download(http, url, self.config.network, label="avatar", timeout=30.0)
+        return data
+
+    async def _images(self, event: Any, *, mentions: bool) -> list[bytes]:
+        return await collect_images(
+            event, include_mentions=mentions, fetch=self._fetch_avatar, avatar_template=self.avatar_template
+        )
+
+    # ---- image jobs ---------------------------------------------------------------
+
+    async def _image_command(self, event: Any, sink: Sink, request: Request) -> None:
+        op: Operation = request.kind  # type: ignore[assignment]
+        if op == "draw" and not request.prompt:
+            await send_text(sink, texts.USAGE_DRAW)
+            return
+        if op == "selfie" and not self.config.selfie.enabled:
+            await send_text(sink, texts.SELFIE_DISABLED)
+            return
+        client = await self._client(sink)
+        if client is None:
+            return
+        images: list[bytes] = []
+        if op == "edit":
+            images = await self._images(event, mentions=True)
+            if not images:
+                await send_text(sink, texts.NEED_IMAGE_EDIT.format(command=request.command or "改图"))
+                return
+        elif op == "selfie":
+            images = await self._images(event, mentions=False)
+        user = str(event.get_sender_id())
+        if not self.debounce.hit(f"{op}:{user}"):
+            await send_text(sink, texts.TOO_FAST)
+            return
+        if not self.slots.try_acquire(user):
+            await send_text(sink, texts.TOO_MANY.format(n=self.slots.running(user)))
+            return
+        with self.slots.held(user):
+            await react(event, PROCESSING)
+            job = await self._submit(event, sink, client, op, request.prompt, images, output=request.output)
+            if job is None:
+                await react(event, FAILED)
+                return
+            await send_text(sink, texts.ACK[op])
+            ok = await self._deliver(event, sink, client, op, job)
+            await react(event, SUCCEEDED if ok else FAILED)
+
+    async def _submit(
+        self,
+        event: Any,
+        sink: Sink,
+        client: Client,
+        op: Operation,
+        prompt: str,
+        images: list[bytes],
+        *,
+        output: str = "",
+        backend: str = "",
+    ) -> str | None:
+        """Write the job; on a refusal tell the chat why and return None."""
+        job, why = await self._try_submit(event, client, op, prompt, images, output=output, backend=backend)
+        if why:
+            await send_text(sink, why)
+            return None
+        return job
+
+    async def _try_submit(
+        self,
+        event: Any,
+        client: Client,
+        op: Operation,
+        prompt: str,
+        images: list[bytes],
+        *,
+        output: str = "",
+        backend: str = "",
+    ) -> tuple[str, str]:
+        """``(job_id, "")``, or ``("", why)`` with the text explaining why no job was written."""
+        try:
+            if op == "selfie":
+                refs = self.runtime.refs
+                assert refs is not None
+                job = await submit_selfie(
+                    client,
+                    refs,
+                    str(event.get_self_id()),
+                    prompt,
+                    images=images,
+                    base_dir=self.data_dir,
+                    backend=backend,
+                    output=output,
+                    origin=_origin(event),
+                )
+            else:
+                job = await client.submit(
+                    op, prompt, images=images, output=output, backend=backend, origin=_origin(event)
+                )
+        except SelfieError as exc:
+            return "", texts.SELFIE_DISABLED if exc.code == "disabled" else texts.SELFIE_NO_REFS
+        except AiimgError as exc:
+            return "", texts.BAD_IMAGE.format(reason=str(exc))
+        except Exception as exc:  # the bus went away mid-request
+            return "", texts.BUS_DOWN.format(reason=f"{type(exc).__name__}: {exc}")
+        return job, ""
+
+    async def _deliver(self, event: Any, sink: Sink, client: Client, op: Operation, job_id: str) -> bool:
+        """Wait for the job's end and send the result or the reasons; True on success."""
+        budget = wait_budget(self.config, op)
+        try:
+            end = await client.wait(job_id, timeout=budget)
+        except TimeoutError:
+            with contextlib.suppress(Exception):
+                await client.cancel(job_id, "no result in time")
+            await send_text(sink, texts.TIMEOUT.format(seconds=budget))
+            return False
+        except Exception as exc:
+            await send_text(sink, texts.BUS_DOWN.format(reason=f"{type(exc).__name__}: {exc}"))
+            return False
+        if not isinstance(end, JobCompleted):
+            await send_text(sink, texts.failure_text(op, end))
+            return False
+        try:
+            data = await client.blobs.get(end.result)
+        except AiimgError as exc:
+            await send_text(sink, texts.SEND_FAILED.format(reason=str(exc)))
+            return False
+        if op == "video":
+            video = self.config.video
+            return await send_video(
+                sink,
+                data,
+                source_url=end.source_url,
+                name=job_id,
+                cache=self.video_cache,
+                mode=video.send_mode,
+                timeout=video.send_timeout_seconds,
+            )
+        return await send_image(
+            sink,
+            data,
+            mime=end.result.mime,
+            name=job_id,
+            cache=self.image_cache,
+            limits=limits_for(str(event.get_platform_name())),
+        )
+
+    # ---- video --------------------------------------------------------------------
+
+    async def _video_command(self, event: Any, sink: Sink, request: Request) -> None:
+        if not self.config.video.enabled:
+            await send_text(sink, texts.VIDEO_DISABLED)
+            return
+        if not request.prompt:
+            await send_text(sink, texts.USAGE_VIDEO)
+            return
+        client = await self._client(sink)
+        if client is None:
+            return
+        images = await self._images(event, mentions=True)
+        if not images:
+            await send_text(sink, texts.NEED_IMAGE_VIDEO)
+            return
+        user = str(event.get_sender_id())
+        if not self.debounce.hit(f"video:{user}"):
+            await send_text(sink, texts.TOO_FAST)
+            return
+        if not self.videos.try_acquire(user):
+            await send_text(sink, texts.VIDEO_BUSY)
+            return
+        with self.videos.held(user):
+            await react(event, PROCESSING)
+            job = await self._submit(event, sink, client, "video", request.prompt, images[:1])
+            if job is None:
+                await react(event, FAILED)
+                return
+            await send_text(sink, texts.ACK["video"])
+            ok = await self._deliver(event, sink, client, "video", job)
+            await react(event, SUCCEEDED if ok else FAILED)
+
+    # ---- selfie references --------------------------------------------------------
+
+    async def _references(self, event: Any, sink: Sink, request: Request) -> None:
+        limit = self.config.selfie.max_references
+        if request.action == "help":
+            await send_text(sink, texts.REF_HELP.format(limit=limit))
+            return
+        if request.action == "unknown":
+            await send_text(sink, texts.REF_UNKNOWN)
+            return
+        if await self._client(sink) is None or self.runtime.refs is None:
+            return
+        refs = self.runtime.refs
+        bot = str(event.get_self_id())
+        if request.action == "set":
+            images = await self._images(event, mentions=False)
+            if not images:
+                await send_text(sink, texts.REF_NEED_IMAGE)
+                return
+            try:
+                saved = await refs.replace(bot, images)
+            except AiimgError as exc:
+                await send_text(sink, texts.BAD_IMAGE.format(reason=str(exc)))
+                return
+            await send_text(sink, texts.REF_SAVED.format(n=len(saved)))
+        elif request.action == "show":
+            current = await refs.resolve(bot, self.data_dir)
+            if not current.images:
+                await send_text(sink, texts.REF_NONE)
+                return
+            shown = current.images[:REF_SHOW_LIMIT]
+            chain: list[Any] = [Comp.Image.fromBytes(b) for b in shown]
+            source = {"webui": "webui", "store": "store"}.get(current.source, current.source)
+            chain.append(Comp.Plain(texts.REF_SHOWN.format(source=source, n=len(current.images), m=len(shown))))
+            try:
+                await sink(MessageChain(chain))
+            except Exception as exc:
+                await send_text(sink, texts.SEND_FAILED.format(reason=f"{type(exc).__name__}"))
+        else:
+            removed = await refs.delete(bot)
+            note = texts.REF_DELETED_WEBUI if webui_references(self.config, self.data_dir) else ""
+            await send_text(sink, texts.REF_DELETED.format(n=removed) + note)
+
+    # ---- LLM tool -----------------------------------------------------------------
+
+    async def tool(self, event: Any, *, prompt: str, mode: str, backend: str, output: str, later: Sink) -> str:
+        """``aiimg_generate``: submit now, answer the LLM at once, deliver the result later via ``later``."""
+        output = output.strip()
+        if not valid_output(output):
+            return texts.TOOL_BAD_OUTPUT.format(output=output)
+        if not await self.runtime.start() or self.runtime.client is None or self.runtime.refs is None:
+            return texts.BUS_DOWN.format(reason=self.runtime.error or "not started")
+        client, refs = self.runtime.client, self.runtime.refs
+        images = await self._images(event, mentions=False)
+        bot = str(event.get_self_id())
+        has_refs = self.config.selfie.enabled and bool(
+            webui_references(self.config, self.data_dir) or await refs.refs(bot)
+        )
+        op = resolve_tool_mode(mode, prompt, has_images=bool(images), has_references=has_refs)
+        if op == "edit" and not images:
+            images = await self._images(event, mentions=True)  # @someone: their avatar, never the sender's
+            if not images:
+                return texts.NEED_IMAGE_TOOL
+        if op == "draw" and not prompt.strip():
+            return texts.TOOL_EMPTY_PROMPT
+        user = str(event.get_sender_id())
+        if not self.debounce.hit(f"tool:{user}"):
+            return texts.TOO_FAST
+        if not self.slots.try_acquire(user):
+            return texts.TOO_MANY.format(n=self.slots.running(user))
+        chosen = "" if backend.strip().lower() in ("", "auto") else backend.strip()
+        job, why = await self._try_submit(event, client, op, prompt, images, output=output, backend=chosen)
+        if why:
+            self.slots.release(user)
+            return why
+        await react(event, PROCESSING)
+        self._background(self._finish_later(event, later, client, op, job, user))
+        return texts.TOOL_STARTED.format(what=texts.WHAT[op], job=job)
+
+    async def _finish_later(self, event: Any, sink: Sink, client: Client, op: Operation, job: str, user: str) -> None:
+        with self.slots.held(user):
+            try:
+                ok = await self._deliver(event, sink, client, op, job)
+            except Exception as exc:
+                logger.error(f"aiimg: delivering job {job} failed: {type(exc).__name__}: {exc}")
+                ok = False
+            await react(event, SUCCEEDED if ok else FAILED)
+
+    def _background(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
