@@ -272,6 +272,12 @@ def decode_base64(value: str) -> bytes:
     Raises ``ProviderFailure(invalid_response)`` on anything that is not clean base64,
     instead of silently decoding a prefix as the old regex did.
     """
+    try:
+        # Fast path for what upstreams send, canonical base64 with nothing to clean: one C pass.
+        # The cleaning below costs ~9 ms per MB of image in re.sub alone (docs/benchmarks.md).
+        return binascii.a2b_base64(value, strict_mode=True)
+    except (binascii.Error, ValueError):
+        pass
     text = value.strip()
     m = _DATA_URL.match(text)
     if m:
