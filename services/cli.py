@@ -133,9 +133,7 @@ async def _submit_and_wait(client: Client, op: Operation, args: argparse.Namespa
                 break
     if isinstance(end, JobCompleted):
         data = await client.blobs.get(end.result)
-        ext = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "video/mp4": "mp4"}.get(
-            end.result.mime, "bin"
-        )
+        ext = _EXTENSIONS.get(end.result.mime, "bin")
         out = anyio.Path(args.out or f"aiimg-{job_id}.{ext}")
         await out.write_bytes(data)
         print(str(out))
@@ -143,6 +141,17 @@ async def _submit_and_wait(client: Client, op: Operation, args: argparse.Namespa
     if isinstance(end, (JobFailed, JobCancelled)):
         print(f"aiimg: {JobError(end)}", file=sys.stderr)
     return 1
+
+
+_EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "video/mp4": "mp4",
+    "video/webm": "webm",
+    "video/quicktime": "mov",
+}
 
 
 def _progress(text: str) -> None:
@@ -158,7 +167,9 @@ def _show(event: JobEvent, started: float) -> None:
         case AttemptFailed():
             _progress(f"{t} attempt {event.attempt} {event.provider} failed: {event.reason} {event.message}".rstrip())
         case AttemptSucceeded():
-            _progress(f"{t} attempt {event.attempt} {event.provider} done ({event.result.width}x{event.result.height})")
+            r = event.result
+            what = f"{r.width}x{r.height}" if r.width else f"{r.mime}, {r.size // 1024} KiB"
+            _progress(f"{t} attempt {event.attempt} {event.provider} done ({what})")
         case JobCompleted():
             _progress(f"{t} done")
         case _:
