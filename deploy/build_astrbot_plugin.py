@@ -56,11 +56,24 @@ def docs_with_table(text: str) -> str:
     return f"{head}{START}\n{settings_table()}{END}{tail}"
 
 
+README_START, README_END = "<!-- astrbot-section:start -->", "<!-- astrbot-section:end -->"
+
+
+def readme_with_section(readme: str, section: str) -> str:
+    """``README.md`` with its "Use with AstrBot" section replaced by ``docs/astrbot.md``."""
+    head, _, rest = readme.partition(README_START)
+    _, _, tail = rest.partition(README_END)
+    return f"{head}{README_START}\n{section.rstrip()}\n{README_END}{tail}"
+
+
 def write_sources() -> None:
     (BRIDGE / "_conf_schema.json").write_text(schema_json(), encoding="utf-8")
     (BRIDGE / "requirements.txt").write_text(requirements(), encoding="utf-8")
     docs = ROOT / "docs" / "astrbot.md"
-    docs.write_text(docs_with_table(docs.read_text(encoding="utf-8")), encoding="utf-8")
+    section = docs_with_table(docs.read_text(encoding="utf-8"))
+    docs.write_text(section, encoding="utf-8")
+    readme = ROOT / "README.md"
+    readme.write_text(readme_with_section(readme.read_text(encoding="utf-8"), section), encoding="utf-8")
 
 
 def _python_files(folder: Path) -> list[Path]:

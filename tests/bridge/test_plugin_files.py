@@ -48,6 +48,8 @@ def test_committed_schema_and_requirements_are_current() -> None:
     assert (BRIDGE / "requirements.txt").read_text().splitlines() == deps
     docs = (ROOT / "docs" / "astrbot.md").read_text(encoding="utf-8")
     assert settings_table() in docs, "docs/astrbot.md settings table is stale: run build_astrbot_plugin.py --sources"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert docs.rstrip() in readme, "README's AstrBot section is stale: run build_astrbot_plugin.py --sources"
 
 
 def test_schema_loads_in_astrbots_config_loader_and_in_the_core(tmp_path: Path) -> None:
