@@ -26,8 +26,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,17 +61,23 @@ WINDOW_BYTES = 16 * 1024 * 1024
 BATCH_CHUNKS = 256
 """Most chunks asked for in one batched direct get."""
 
+THREAD_HASH_BYTES = 1024 * 1024
+"""Blobs at least this large are hashed on a worker thread, overlapping with the transfer."""
+
+READ_RETRIES = (0.05, 0.2, 0.5)
+"""Seconds to wait before reading a missing-looking blob again (see :meth:`BlobStore.get`)."""
+
 _DIGEST_PREFIX = "SHA-256="
 _STATUS_END = frozenset({"204", "404"})
 """Direct-get batch status codes that end a batch: end of batch, nothing (more) found."""
 
 
-class _Options(msgspec.Struct, omit_defaults=True):
+class _Options(msgspec.Struct):
     max_chunk_size: int = 0
     link: dict[str, Any] | None = None
 
 
-class _ObjectInfo(msgspec.Struct, omit_defaults=True):
+class _ObjectInfo(msgspec.Struct):
     """The standard object-store metadata document (unknown fields are ignored)."""
 
     name: str
@@ -80,7 +88,7 @@ class _ObjectInfo(msgspec.Struct, omit_defaults=True):
     digest: str = ""
     mtime: str = ""
     deleted: bool = False
-    headers: dict[str, list[str]] | None = None
+    headers: Any = None
     options: _Options | None = None
 
 
@@ -109,7 +117,7 @@ class BlobStore:
         nuid = self._nuid.next().decode()
         chunk_subject = f"$O.{bucket}.C.{nuid}"
         chunk_size = self._chunk_size()
-        hasher = hashlib.sha256()
+        hasher = _Hasher(threaded=size >= THREAD_HASH_BYTES)
         chunks = 0
         acks = _Acks(self.bus, window=max(WINDOW_BYTES, chunk_size))
         try:
@@ -122,7 +130,7 @@ class BlobStore:
                     hasher.update(piece)
                     await acks.publish(chunk_subject, piece)
                     chunks += 1
-            digest = hasher.digest()
+            digest = await hasher.digest()
             name = f"sha256-{digest.hex()}"
             # Look for an existing copy while the chunk acks come in.
             existing = await self._info(bucket, name)
@@ -149,19 +157,20 @@ class BlobStore:
                 await self._purge(bucket, chunk_subject)
             return ref
 
-        meta = _ObjectInfo(
-            name=name,
-            bucket=bucket,
-            nuid=nuid,
-            size=size,
-            chunks=chunks,
-            digest=_DIGEST_PREFIX + base64.urlsafe_b64encode(digest).decode(),
-            mtime=datetime.now(UTC).isoformat(),
-            headers={"Content-Type": [ref.mime]},
-            options=_Options(max_chunk_size=chunk_size),
-        )
+        meta = {
+            # The fields of the standard ObjectInfo; size and chunks always present (0 included).
+            "name": name,
+            "bucket": bucket,
+            "nuid": nuid,
+            "size": size,
+            "chunks": chunks,
+            "digest": _DIGEST_PREFIX + base64.urlsafe_b64encode(digest).decode(),
+            "mtime": datetime.now(UTC).isoformat(),
+            "headers": {"Content-Type": [ref.mime]},
+            "options": {"max_chunk_size": chunk_size},
+        }
         try:
-            await self._write_meta(bucket, meta)
+            await self._write_meta(bucket, name, meta)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 if chunks:
@@ -171,11 +180,11 @@ class BlobStore:
             await self._purge(bucket, f"$O.{bucket}.C.{existing.nuid}")
         return ref
 
-    async def _write_meta(self, bucket: str, meta: _ObjectInfo) -> None:
+    async def _write_meta(self, bucket: str, name: str, meta: dict[str, Any]) -> None:
         """Publish ``meta`` as the object's only metadata message (rollup) and check the ack."""
         try:
             ack = await self.bus.nc.request(
-                _meta_subject(bucket, meta.name), _encode(meta), timeout=10.0, headers={"Nats-Rollup": "sub"}
+                _meta_subject(bucket, name), _encode(meta), timeout=10.0, headers={"Nats-Rollup": "sub"}
             )
         except NoRespondersError:
             raise BlobError(f"blob bucket {bucket} does not exist") from None
@@ -184,11 +193,26 @@ class BlobStore:
         _check_ack(ack.data, "metadata")
 
     async def get(self, ref: BlobRef) -> bytes:
-        """The bytes of ``ref``, checked against its size and sha256."""
+        """The bytes of ``ref``, checked against its size and sha256.
+
+        On a JetStream cluster direct gets may be answered by a replica that has not yet
+        applied the newest writes, so a blob that looks missing or short right after it
+        was stored is read again a few times (:data:`READ_RETRIES`) before it counts as lost.
+        """
+        for delay in (*READ_RETRIES, None):
+            try:
+                return await self._get_once(ref)
+            except _Stale as exc:
+                if delay is None:
+                    raise BlobError(str(exc)) from None
+                await anyio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _get_once(self, ref: BlobRef) -> bytes:
         bucket = ref.bucket or self.bucket
         info = await self._info(bucket, ref.name)
         if info is None or info.deleted:
-            raise BlobError(f"blob {ref.name} not found (expired or never stored)")
+            raise _Stale(f"blob {ref.name} not found (expired or never stored)")
         if info.options is not None and info.options.link:
             return await self._get_via_nats_py(bucket, ref)
         if info.size != ref.size or _digest_hex(info.digest) != ref.sha256:
@@ -263,7 +287,7 @@ class BlobStore:
         nc = self.bus.nc
         chunk_subject = f"$O.{bucket}.C.{info.nuid}"
         parts: list[bytes] = []
-        hasher = hashlib.sha256()
+        hasher = _Hasher(threaded=info.size >= THREAD_HASH_BYTES)
         received = 0
         next_seq = 1
         batch_done = anyio.Event()
@@ -305,13 +329,13 @@ class BlobStore:
                 if failure:
                     raise BlobError(f"blob {info.name}: cannot read chunks ({failure[0]})")
                 if received == before:
-                    raise BlobError(f"blob {info.name} is corrupt (chunks missing)")
+                    raise _Stale(f"blob {info.name} is corrupt (chunks missing)")
                 if received > info.size:
                     raise BlobError(f"blob {info.name} is corrupt (more bytes than its size)")
         finally:
             with anyio.CancelScope(shield=True):
                 await sub.unsubscribe()
-        if _DIGEST_PREFIX + base64.urlsafe_b64encode(hasher.digest()).decode() != info.digest:
+        if _DIGEST_PREFIX + base64.urlsafe_b64encode(await hasher.digest()).decode() != info.digest:
             raise BlobError(f"blob {info.name} is corrupt (checksum mismatch)")
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -333,6 +357,48 @@ class BlobStore:
             await self.bus.js.purge_stream(f"OBJ_{bucket}", subject=subject)
         except Exception:
             pass
+
+
+class _Hasher:
+    """SHA-256 fed in order; for big blobs on one shared worker thread.
+
+    ``hashlib`` releases the GIL while it hashes, so a 40 MB digest (about 35 ms here)
+    runs beside the event loop that moves the bytes instead of after it.
+    """
+
+    _pool: ThreadPoolExecutor | None = None
+    _pool_lock = threading.Lock()
+
+    def __init__(self, *, threaded: bool) -> None:
+        self._hash = hashlib.sha256()
+        self._threaded = threaded
+        self._last: Future[None] | None = None
+
+    @classmethod
+    def _executor(cls) -> ThreadPoolExecutor:
+        with cls._pool_lock:
+            if cls._pool is None:
+                # One worker: updates of one hash must run in the order they were submitted.
+                cls._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aiimg-blob-hash")
+            return cls._pool
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._threaded:
+            self._last = self._executor().submit(self._hash.update, data)
+        else:
+            self._hash.update(data)
+
+    async def digest(self) -> bytes:
+        last = self._last
+        if last is not None and not last.done():
+            await anyio.to_thread.run_sync(last.result)
+        elif last is not None:
+            last.result()
+        return self._hash.digest()
+
+
+class _Stale(Exception):
+    """Missing metadata or chunks: gone, or (on a cluster) a replica that is behind."""
 
 
 class _NoDirectGet(Exception):

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import nats
+import anyio
 import structlog
 from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
@@ -38,6 +40,9 @@ ROUTER_FILTERS = ("requested", "cancel", "attempt")
 
 log = structlog.get_logger("aiimg.bus")
 
+INITIAL_CONNECT_ATTEMPTS = 2
+"""Retries per server before the first connection fails (later reconnects never give up)."""
+
 
 def connect_options(cfg: NatsConfig) -> dict[str, Any]:
     """nats-py ``connect`` keyword arguments for ``cfg`` (auth and TLS)."""
@@ -47,6 +52,7 @@ def connect_options(cfg: NatsConfig) -> dict[str, Any]:
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
         "allow_reconnect": True,
+        "inbox_prefix": cfg.inbox_prefix or "_INBOX",
     }
     if cfg.user:
         opts["user"] = cfg.user
@@ -128,8 +134,67 @@ class Bus:
 
     # ---- layout -------------------------------------------------------------
 
-    async def ensure_layout(self) -> None:
-        """Create or update the stream, consumers and buckets. Safe to call from every process."""
+    async def ensure_layout(self, *, wait: float = 30.0) -> None:
+        """Create or update the stream, consumers and buckets. Safe to call from every process.
+
+        Reads first and writes only what is missing or changed, so an actor whose NATS
+        user may not manage streams (``deploy/nats/auth.conf``: only the router may)
+        starts as soon as the layout exists. Creation is checked by reading the layout
+        back: on a JetStream cluster a create can fail transiently (no meta leader yet, a
+        peer restarting), and such a failure used to be swallowed, leaving a process
+        running without its blob bucket. Retries for up to ``wait`` seconds, then raises
+        :class:`BusError` saying what is missing.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            missing = await self._layout_missing()
+            if not missing:
+                return
+            try:
+                await self._create_layout()
+            except NatsTimeoutError:
+                missing = f"{missing}, and creating it got no answer (may this NATS user manage streams?)"
+            except BusError as exc:
+                missing = f"{missing}: {exc}"
+            else:
+                if not await self._layout_missing():
+                    return
+            if time.monotonic() >= deadline:
+                raise BusError(
+                    f"JetStream layout not ready: {missing}. Is JetStream enabled? With per-actor "
+                    "permissions the router creates the layout: start it first"
+                )
+            log.info("layout_not_ready", missing=missing)
+            await anyio.sleep(1.0)
+
+    async def _layout_missing(self) -> str:
+        """What of the layout is missing or differs from this config ('' when complete)."""
+        n = self.names
+        cfg = self.config
+        try:
+            c = (await self.js.stream_info(n.jobs_stream)).config
+        except NotFoundError:
+            return f"stream {n.jobs_stream} missing"
+        if (
+            list(c.subjects or []) != [f"{n.prefix}.job.>"]
+            or abs((c.max_age or 0.0) - cfg.retention.job_max_age) > 1e-3
+            or (c.num_replicas or 1) != cfg.nats.replicas
+            or not c.allow_direct
+        ):
+            return f"stream {n.jobs_stream} differs from this config (subjects, retention.job_max_age or nats.replicas)"
+        for durable in (n.router_consumer, *(n.provider_consumer(a) for a in CAPABILITIES)):
+            try:
+                await self.js.consumer_info(n.jobs_stream, durable)
+            except NotFoundError:
+                return f"consumer {durable} missing"
+        for bucket_stream in (f"OBJ_{n.blob_bucket}", f"KV_{n.kv_bucket}"):
+            try:
+                await self.js.stream_info(bucket_stream)
+            except NotFoundError:
+                return f"bucket stream {bucket_stream} missing"
+        return ""
+
+    async def _create_layout(self) -> None:
         n = self.names
         cfg = self.config
         stream = js_api.StreamConfig(
@@ -256,9 +321,16 @@ class Bus:
             assert raw.seq is not None
             seq = raw.seq + 1
             try:
-                out.append((raw.seq, decode_event(raw.data or b"")))
+                event = decode_event(raw.data or b"")
             except DecodeError as exc:
                 log.warning("history_undecodable_event", job_id=job_id, seq=raw.seq, error=str(exc))
+                continue
+            if raw.subject and event_subject(self.names, event) != raw.subject:
+                # Stored where it does not belong (a forged terminal event on the attempt
+                # subject, say): not part of the job's history.
+                log.warning("history_misplaced_event", job_id=job_id, seq=raw.seq, subject=raw.subject)
+                continue
+            out.append((raw.seq, event))
 
 
 async def connect(config: Config, url: str | None = None) -> Bus:
@@ -269,10 +341,27 @@ async def connect(config: Config, url: str | None = None) -> Bus:
         opts["servers"] = [url]
     if not opts["servers"]:
         raise BusError("no NATS url: set nats.url, or use the embedded stack")
+    seen: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        seen.append(f"{type(exc).__name__}: {exc}")
+        await _on_error(exc)
+
+    # nats-py applies max_reconnect_attempts=-1 to the first connection too, so a wrong
+    # password or an unreachable server used to retry forever without a word to the caller.
+    # Try each server a few times first; once connected, reconnect forever.
+    # (A failed TLS handshake can also leave nats-py's first connect waiting: bound it whole.)
+    opts["max_reconnect_attempts"] = INITIAL_CONNECT_ATTEMPTS
+    nc = NATS()
     try:
-        nc = await nats.connect(**opts, connect_timeout=5, error_cb=_on_error)
+        with anyio.fail_after(10.0 + 5.0 * len(opts["servers"])):
+            await nc.connect(**opts, connect_timeout=5, error_cb=on_error)
     except Exception as exc:  # nats-py raises several unrelated types here
-        raise BusError(f"cannot connect to NATS: {type(exc).__name__}: {exc}") from None
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await nc.close()
+        why = seen[-1] if seen else f"{type(exc).__name__}: {exc}"
+        raise BusError(f"cannot connect to NATS: {why}") from None
+    nc.options["max_reconnect_attempts"] = -1
     return Bus(nc=nc, js=nc.jetstream(timeout=10), names=Names(cfg.prefix), config=config)
 
 

@@ -28,7 +28,7 @@ from messages import (
 from messages._codec import DecodeError
 
 from .blobs import BlobStore
-from .bus import Bus
+from .bus import Bus, event_subject
 from .errors import AiimgError, JobError, ProviderFailure
 from .media import MediaInfo, inspect_image, sniff_mime
 
@@ -107,6 +107,8 @@ class Client:
                     event = decode_event(msg.data)
                 except DecodeError:
                     continue
+                if event_subject(self.bus.names, event) != msg.subject:
+                    continue  # not where this event belongs (see Bus.history)
                 yield event
                 if isinstance(event, (JobCompleted,)) or event.__struct_config__.tag in _TERMINAL_TAGS:
                     return

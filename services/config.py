@@ -129,6 +129,9 @@ class NatsConfig(Block, kw_only=True):
     tls_cert: str = ""
     tls_key: str = ""
     prefix: str = "aiimg"
+    inbox_prefix: str = "_INBOX"
+    """Prefix of this client's reply subjects. With per-actor permissions (``deploy/nats/auth.conf``)
+    each user may subscribe only below its own, ``_INBOX_<user>``, so no actor reads another's replies."""
     replicas: int = 1
     """Replicas of the stream and buckets (3 on a JetStream cluster)."""
     name: str = "aiimg"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -21,12 +21,20 @@ import structlog
 from nats.aio.msg import Msg
 from structlog.contextvars import bound_contextvars
 
-from messages import AttemptDispatched, AttemptFailed, AttemptSucceeded, DecodeError, Operation, decode_event
+from messages import (
+    AttemptDispatched,
+    AttemptFailed,
+    AttemptSucceeded,
+    BlobRef,
+    DecodeError,
+    Operation,
+    decode_event,
+)
 
 from .blobs import BlobStore
 from .bus import Bus
 from .config import Config
-from .errors import BlobError, ProviderFailure
+from .errors import BlobError, BusError, ProviderFailure
 from .logging import redact
 from .media import MediaInfo, inspect_media
 from .runtime import PullConsumer, describe, heartbeat
@@ -99,6 +107,54 @@ class Provider(abc.ABC):
         """Release resources (keys state, pools). Called once at shutdown."""
 
 
+def response_cap(config: Config) -> int:
+    """Largest upstream response body an actor reads: the biggest storable blob, base64-encoded, plus 1 MiB."""
+    return config.retention.max_blob_bytes * 4 // 3 + 1024 * 1024
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        total = 0
+        async for chunk in self._inner:
+            total += len(chunk)
+            if total > self._limit:
+                raise ProviderFailure("invalid_response", f"upstream response exceeds {self._limit} bytes")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class CappedTransport(httpx.AsyncBaseTransport):
+    """Refuses response bodies over ``limit`` bytes while they stream, as ``invalid_response``.
+
+    Providers read JSON answers whole (``response.json()``); without a cap one upstream
+    answering 200 MB (or endless bytes) would hold that much memory per attempt, times
+    the actor's concurrency. Results larger than the blob limit could not be stored anyway.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._inner.handle_async_request(request)
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._limit:
+            await response.aclose()
+            raise ProviderFailure("invalid_response", f"upstream response of {declared} bytes exceeds {self._limit}")
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _CappedStream(response.stream, self._limit)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 class ProviderActor:
     """Consumes ``provider-<alias>`` and runs each work item through a :class:`Provider`."""
 
@@ -117,9 +173,14 @@ class ProviderActor:
         self.concurrency = concurrency or cfg.actors.concurrency_per_provider.get(self.alias, cfg.actors.concurrency)
         self.blobs = BlobStore(bus)
         self._own_http = http is None
-        proxy = cfg.network.proxy or None
         self.http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, read=300.0), follow_redirects=False, proxy=proxy, trust_env=False
+            timeout=httpx.Timeout(30.0, read=300.0),
+            follow_redirects=False,
+            trust_env=False,
+            transport=CappedTransport(
+                httpx.AsyncHTTPTransport(proxy=cfg.network.proxy or None, trust_env=False),
+                response_cap(cfg),
+            ),
         )
         self.consumer = PullConsumer(
             bus, bus.names.provider_consumer(self.alias), self.handle, concurrency=self.concurrency, name=self.alias
@@ -181,7 +242,8 @@ class ProviderActor:
         # so our own failure event lands before the router counts a timeout.
         budget = max(1.0, min(block.timeout, d.deadline - now - 1.0))
         log.info("attempt_started", op=d.op, inputs=len(d.inputs))
-        interval = max(1.0, self.bus.config.actors.ack_wait / 3)
+        # Three heartbeats per ack_wait whatever its size (a 1 s floor used to equal a 1 s ack_wait).
+        interval = max(0.05, self.bus.config.actors.ack_wait / 3)
         scope = anyio.CancelScope()
         self._running.setdefault(d.job_id, set()).add(scope)
         result: AttemptSucceeded | AttemptFailed | None = None
@@ -225,7 +287,7 @@ class ProviderActor:
             with anyio.fail_after(budget):
                 out = await self.provider.run(ctx)
             info = out.info or inspect_media(out.data, video=self.provider.produces_video)
-            ref = await self.blobs.put(out.data, info)
+            ref = await self._store(out.data, info)
         except ProviderFailure as exc:
             return self._failed(d, exc.reason, exc.message, started, status=exc.status, retry_after=exc.retry_after)
         except TimeoutError:
@@ -234,8 +296,8 @@ class ProviderActor:
             return self._failed(d, "timeout", "upstream timed out", started)
         except httpx.TransportError as exc:
             return self._failed(d, "network", f"{type(exc).__name__}", started)
-        except BlobError as exc:
-            return self._failed(d, "invalid_response", str(exc), started)
+        except BusError:
+            raise  # the bus, not the upstream: the handler fails and the work item comes back
         except Exception as exc:
             log.exception("provider_bug")
             return self._failed(d, "upstream_error", f"internal error: {type(exc).__name__}", started)
@@ -249,6 +311,27 @@ class ProviderActor:
             source_url=out.source_url,
             elapsed_ms=elapsed,
         )
+
+    async def _store(self, data: bytes, info: MediaInfo) -> BlobRef:
+        """Store a result. A blob store that does not answer (a JetStream leader election, a
+        node restarting: ``status 503``) is retried and then raised as ``BusError`` — it used to
+        become an ``invalid_response`` failure, blaming the upstream and failing jobs during
+        a NATS node loss. Only a result too large to store is the result's fault."""
+        if len(data) > self.blobs.max_bytes:
+            raise ProviderFailure(
+                "invalid_response",
+                f"result of {len(data)} bytes exceeds retention.max_blob_bytes={self.blobs.max_bytes}",
+            )
+        delay = 0.25
+        for _ in range(5):
+            try:
+                return await self.blobs.put(data, info)
+            except BlobError as exc:
+                error = exc
+            log.warning("blob_store_unavailable", error=str(error), retry_in=delay)
+            await anyio.sleep(delay)
+            delay *= 2
+        raise BusError(f"cannot store the result: {error}")
 
     def _failed(
         self,

@@ -37,7 +37,7 @@ from messages import (
     decode_event,
 )
 
-from .bus import Bus
+from .bus import Bus, event_subject
 from .routing import decide
 from .runtime import PullConsumer, describe
 from .state import JobState, apply, fold
@@ -91,6 +91,13 @@ class Router:
             return
         if job_id is None or event.job_id != job_id:
             log.warning("rejected_message", reason="job id in body does not match the subject", **describe(msg))
+            await msg.term()
+            return
+        if event_subject(self.bus.names, event) != msg.subject:
+            # e.g. a job.requested.v1 on the attempt subject: whoever may publish attempt
+            # results (a provider) must not be able to start or end jobs through it.
+            tag = event.__struct_config__.tag
+            log.warning("rejected_message", reason=f"{tag} does not belong on this subject", **describe(msg))
             await msg.term()
             return
         with bound_contextvars(job_id=job_id):

@@ -39,6 +39,7 @@ ImageField = Literal["auto", "image", "image[]"]
 FULL_SIZE = "4096x4096"
 FALLBACK_SIZE = "2048x2048"
 
+
 def downgraded(size: str) -> str | None:
     """The 2K size to retry once with when ``size`` (long edge above 2048) is rejected.
 
