@@ -278,25 +278,22 @@ async def concurrency(env: Env) -> Figure:
     draw = {"provider": "openai_compat", "openai_compat": openai_block(f"{up.url}/lat/{lat}/v1")}
     _, path = env.config("concurrency", draw, actors={"concurrency": s.concurrency_jobs})
     await env.actor(path, "router")
-    shipped = await env.actor(path, "provider", "openai_compat")
+    await env.actor(path, "provider", "openai_compat")
     load = ("bench._load", "jobs", str(path), str(s.concurrency_jobs), "--submitters", "100")
     as_shipped = await _subprocess_json(*load)
-    await shipped.stop()
-    await env.actor(path, "provider", "openai_compat", "--http-connections", str(s.concurrency_jobs))
-    pooled = await _subprocess_json(*load)
     await env.stop_actors()
     direct = await _subprocess_json(
         "bench._load", "direct", f"{up.url}/lat/{lat}/v1/images/generations", str(s.concurrency_jobs),
         "--concurrency", str(s.concurrency_jobs),
     )  # fmt: skip
     limit = lat / 1000 * 1.25
-    for label, res in (("as shipped (one httpx pool of 100)", as_shipped), ("sharded httpx pools (proposed)", pooled)):
+    for label, res in (("provider actor (sharded httpx pools)", as_shipped),):
         fig.rows.append(
             Row(f"{label}: wall", round(res["wall_s"], 3), "s", f"≤ {limit:g} s",
                 res["wall_s"] <= limit and res["completed"] == res["jobs"], round(direct["wall_s"], 3),
                 "direct httpx (sharded pools), all at once", f"{res['completed']}/{res['jobs']} done; submit took {res['submit_s']:.2f} s")
         )  # fmt: skip
-    fig.data.update({"as_shipped": as_shipped, "pooled": pooled, "direct": direct, "latency_ms": lat})
+    fig.data.update({"as_shipped": as_shipped, "direct": direct, "latency_ms": lat})
     return fig
 
 

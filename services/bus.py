@@ -36,6 +36,14 @@ __all__ = ("MSG_ID", "Bus", "connect", "event_subject")
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+"""nats-server 2.11+: compare the last seq of a wildcard subject (a whole job), not one subject."""
+
+
+class StaleView(BusError):
+    """Raised when an optimistic write finds the job has events the writer has not seen."""
+
+
 ROUTER_FILTERS = ("requested", "cancel", "attempt")
 
 log = structlog.get_logger("aiimg.bus")
@@ -273,18 +281,25 @@ class Bus:
         """
         return (await self.publish_checked(event))[0]
 
-    async def publish_checked(self, event: Event) -> tuple[int, bool]:
+    async def publish_checked(self, event: Event, *, expect_last: int | None = None) -> tuple[int, bool]:
         """Like :meth:`publish`, also telling whether the server dropped it as a duplicate.
 
         A ``JobRequested`` is only accepted as the first request of its job id
         (``Nats-Expected-Last-Subject-Sequence: 0``), so reusing an old job id after the
         dedupe window is refused instead of re-running a finished job.
+
+        ``expect_last`` is optimistic concurrency over the whole job: the write is accepted
+        only if the job's newest event (any subject of ``<prefix>.job.<id>.>``) has that
+        stream seq; otherwise :class:`StaleView` is raised and nothing is written.
         """
         from messages import JobRequested
 
         headers = {MSG_ID: msg_id(event)}
         if isinstance(event, JobRequested):
             headers[EXPECTED_LAST_SUBJECT_SEQ] = "0"
+        elif expect_last is not None:
+            headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expect_last)
+            headers[EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = self.names.subject("history", event.job_id)
         try:
             ack = await self.js.publish(
                 event_subject(self.names, event),
@@ -295,6 +310,8 @@ class Bus:
         except APIError as exc:
             if exc.err_code == 10071 and isinstance(event, JobRequested):
                 raise BusError(f"job id {event.job_id} was already used") from None
+            if exc.err_code == 10071 and expect_last is not None:
+                raise StaleView(f"job {event.job_id} has events newer than seq {expect_last}") from None
             raise BusError(f"publish refused: {exc}") from exc
         return int(ack.seq), bool(ack.duplicate)
 
@@ -310,16 +327,24 @@ class Bus:
 
     async def history(self, job_id: str) -> list[tuple[int, JobEvent]]:
         """Every decodable event of ``job_id`` with its stream sequence, oldest first."""
+        return (await self.history_and_last(job_id))[0]
+
+    async def history_and_last(self, job_id: str) -> tuple[list[tuple[int, JobEvent]], int]:
+        """:meth:`history`, plus the stream seq of the job's newest stored message (0 if none),
+        counting messages that were skipped as undecodable or misplaced — the value the
+        server compares ``Nats-Expected-Last-Subject-Sequence`` against."""
         out: list[tuple[int, JobEvent]] = []
         subj = self.names.subject("history", job_id)
         seq = 1
+        last = 0
         while True:
             try:
                 raw = await self.js.get_msg(self.names.jobs_stream, seq=seq, subject=subj, next=True, direct=True)
             except NotFoundError:
-                return out
+                return out, last
             assert raw.seq is not None
             seq = raw.seq + 1
+            last = raw.seq
             try:
                 event = decode_event(raw.data or b"")
             except DecodeError as exc:

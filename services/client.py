@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anyio
 from nats.js import api as js_api
+from nats.js.errors import NotFoundError
 
 from messages import (
     BlobRef,
@@ -117,11 +118,42 @@ class Client:
                 await sub.unsubscribe()
 
     async def wait(self, job_id: str, timeout: float | None = None) -> TerminalEvent:
-        """The job's terminal event."""
-        async for event in self.follow(job_id, timeout=timeout):
-            if event.__struct_config__.tag in _TERMINAL_TAGS:
-                return event  # type: ignore[return-value]
-        raise AiimgError(f"job {job_id} ended without a terminal event")
+        """The job's terminal event.
+
+        Cheaper than :meth:`follow`: a plain subscription to the job's ``done`` subject,
+        then one direct read in case the job finished before we subscribed — no consumer.
+        """
+        subject = self.bus.names.subject("done", job_id)
+        sub = await self.bus.nc.subscribe(subject)
+        try:
+            with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
+                try:
+                    raw = await self.bus.js.get_msg(self.bus.names.jobs_stream, subject=subject, direct=True)
+                    end = self._terminal(raw.data or b"", raw.subject or subject)
+                    if end is not None:
+                        return end
+                except NotFoundError:
+                    pass
+                while True:
+                    try:
+                        msg = await sub.next_msg(timeout=None)
+                    except TimeoutError:
+                        continue
+                    end = self._terminal(msg.data, msg.subject)
+                    if end is not None:
+                        return end
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _terminal(self, data: bytes, subject: str) -> TerminalEvent | None:
+        try:
+            event = decode_event(data)
+        except DecodeError:
+            return None
+        if event_subject(self.bus.names, event) != subject or event.__struct_config__.tag not in _TERMINAL_TAGS:
+            return None  # not where a terminal event belongs (see Bus.history)
+        return event  # type: ignore[return-value]
 
     async def result(self, job_id: str, timeout: float | None = None) -> tuple[JobCompleted, bytes]:
         """Wait for the job; return its completion and the result bytes, or raise ``JobError``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -35,13 +35,14 @@ from .blobs import BlobStore
 from .bus import Bus
 from .config import Config
 from .errors import BlobError, BusError, ProviderFailure
+from .http import response_cap, upstream_client
 from .logging import redact
 from .media import MediaInfo, inspect_media
 from .runtime import PullConsumer, describe, heartbeat
 from .settings import ProviderSettings
 from .state import fold
 
-__all__ = ("AttemptContext", "InputImage", "Output", "Provider", "ProviderActor")
+__all__ = ("AttemptContext", "InputImage", "Output", "Provider", "ProviderActor", "response_cap")
 
 log = structlog.get_logger("aiimg.provider")
 
@@ -107,54 +108,6 @@ class Provider(abc.ABC):
         """Release resources (keys state, pools). Called once at shutdown."""
 
 
-def response_cap(config: Config) -> int:
-    """Largest upstream response body an actor reads: the biggest storable blob, base64-encoded, plus 1 MiB."""
-    return config.retention.max_blob_bytes * 4 // 3 + 1024 * 1024
-
-
-class _CappedStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, limit: int) -> None:
-        self._inner = inner
-        self._limit = limit
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        total = 0
-        async for chunk in self._inner:
-            total += len(chunk)
-            if total > self._limit:
-                raise ProviderFailure("invalid_response", f"upstream response exceeds {self._limit} bytes")
-            yield chunk
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class CappedTransport(httpx.AsyncBaseTransport):
-    """Refuses response bodies over ``limit`` bytes while they stream, as ``invalid_response``.
-
-    Providers read JSON answers whole (``response.json()``); without a cap one upstream
-    answering 200 MB (or endless bytes) would hold that much memory per attempt, times
-    the actor's concurrency. Results larger than the blob limit could not be stored anyway.
-    """
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, limit: int) -> None:
-        self._inner = inner
-        self._limit = limit
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self._limit:
-            await response.aclose()
-            raise ProviderFailure("invalid_response", f"upstream response of {declared} bytes exceeds {self._limit}")
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _CappedStream(response.stream, self._limit)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 class ProviderActor:
     """Consumes ``provider-<alias>`` and runs each work item through a :class:`Provider`."""
 
@@ -173,15 +126,7 @@ class ProviderActor:
         self.concurrency = concurrency or cfg.actors.concurrency_per_provider.get(self.alias, cfg.actors.concurrency)
         self.blobs = BlobStore(bus)
         self._own_http = http is None
-        self.http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, read=300.0),
-            follow_redirects=False,
-            trust_env=False,
-            transport=CappedTransport(
-                httpx.AsyncHTTPTransport(proxy=cfg.network.proxy or None, trust_env=False),
-                response_cap(cfg),
-            ),
-        )
+        self.http = http or upstream_client(cfg, self.concurrency)
         self.consumer = PullConsumer(
             bus, bus.names.provider_consumer(self.alias), self.handle, concurrency=self.concurrency, name=self.alias
         )

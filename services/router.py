@@ -37,7 +37,7 @@ from messages import (
     decode_event,
 )
 
-from .bus import Bus, event_subject
+from .bus import Bus, StaleView, event_subject
 from .routing import decide
 from .runtime import PullConsumer, describe
 from .state import JobState, apply, fold
@@ -62,6 +62,8 @@ class Router:
         self.bus = bus
         self.config = bus.config
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        """Recently finished jobs: their leftover timer messages are acked without a replay."""
         self._cache_size = cache_size
         self._locks: dict[str, tuple[anyio.Lock, int]] = {}
         self.consumer = PullConsumer(
@@ -105,6 +107,11 @@ class Router:
                 await self._step(msg, event)
 
     async def _step(self, msg: Msg, event: JobEvent) -> None:
+        if event.job_id in self._finished:
+            # A stale timer (or late result) of a job we finished: nothing to replay.
+            self._finished.move_to_end(event.job_id)
+            await msg.ack()
+            return
         md = msg.metadata
         seq = md.sequence.stream
         entry = await self._load(event.job_id, seq, event, md.num_delivered)
@@ -116,12 +123,23 @@ class Router:
             await msg.ack()
             self._forget_if_done(event.job_id)
             return
+        conflicts = 0
         while True:
             now = time.time()
             decision = decide(entry.state, self.config, now)
             if decision.event is not None:
                 written = decision.event
-                new_seq, duplicate = await self.bus.publish_checked(written)
+                try:
+                    new_seq, duplicate = await self.bus.publish_checked(written, expect_last=entry.last_seq)
+                except StaleView:
+                    # Someone wrote to this job since our view (a provider result, a cancel,
+                    # another router): read it back and decide again on the full history.
+                    conflicts += 1
+                    if conflicts > 5:
+                        await msg.nak(delay=1.0)
+                        return
+                    entry = await self._reload(event.job_id)
+                    continue
                 if duplicate:
                     # Another router wrote this step first (or we did, before a crash):
                     # our view may be stale, so read the truth back.
@@ -149,8 +167,10 @@ class Router:
     async def _load(self, job_id: str, seq: int, event: JobEvent, delivered: int) -> _Entry:
         entry = self._cache.get(job_id)
         if entry is None:
-            if isinstance(event, JobRequested) and delivered == 1 and await self.bus.last_seq(job_id) == seq:
-                # Fast path for a fresh job: its request is its whole history (one round trip).
+            if isinstance(event, JobRequested) and delivered == 1:
+                # Fast path for a fresh job: assume its request is its whole history. The
+                # first write checks that assumption (expect_last=seq); if anything else was
+                # written meanwhile, the write is refused and we replay the real history.
                 return self._store(job_id, _Entry(state=apply(JobState(job_id=job_id), event), last_seq=seq))
             return await self._reload(job_id)
         self._cache.move_to_end(job_id)
@@ -164,12 +184,12 @@ class Router:
         return entry
 
     async def _reload(self, job_id: str) -> _Entry:
-        history = await self.bus.history(job_id)
+        history, last = await self.bus.history_and_last(job_id)
         state = fold(job_id, (e for _, e in history))
         old = self._cache.get(job_id)
         entry = _Entry(
             state=state,
-            last_seq=history[-1][0] if history else 0,
+            last_seq=last,
             timer_seq=old.timer_seq if old else 0,
             timer_due=old.timer_due if old else 0.0,
         )
@@ -186,6 +206,9 @@ class Router:
         entry = self._cache.get(job_id)
         if entry is not None and entry.state.done:
             del self._cache[job_id]
+            self._finished[job_id] = None
+            while len(self._finished) > self._cache_size * 5:
+                self._finished.popitem(last=False)
 
     def _lock(self, job_id: str) -> _JobLock:
         return _JobLock(self._locks, job_id)

@@ -306,3 +306,30 @@ async def test_cancel_running_job(bus: Bus) -> None:
 
 def _unused(_: Config) -> None:  # keep Config imported for type checkers
     pass
+
+
+async def test_router_never_dispatches_a_job_cancelled_before_it_ran(bus: Bus) -> None:
+    """Request and cancel are both stored before any router runs. Whichever the router sees
+    first, its first write is checked against the job's real history (optimistic
+    concurrency), so no attempt is dispatched for a job that is already cancelled."""
+    client = Client(bus)
+    job = await client.submit("draw", "never")
+    await client.cancel(job, "too late")
+    async with stack(bus, [LocalProvider(bus.config)]):
+        end = await client.wait(job, timeout=30)
+    assert type(end).__name__ == "JobCancelled"
+    assert not any(isinstance(e, AttemptDispatched) for e in await events_of(bus, job))
+
+
+async def test_optimistic_write_refuses_a_stale_view(bus: Bus) -> None:
+    from messages import JobRequested
+    from services.bus import StaleView
+
+    job = "occ-" + os.urandom(4).hex()
+    seq = await bus.publish(JobRequested(job_id=job, op="draw", prompt="x"))
+    await Client(bus).cancel(job)
+    with pytest.raises(StaleView):
+        await bus.publish_checked(JobFailed(job_id=job, message="stale"), expect_last=seq)
+    _, last = await bus.history_and_last(job)
+    seq2, duplicate = await bus.publish_checked(JobFailed(job_id=job, message="fresh"), expect_last=last)
+    assert seq2 > last and not duplicate
