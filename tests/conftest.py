@@ -10,11 +10,14 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from services.bus import Bus, connect
 from services.config import Config, config_from_dict
 from services.embedded import EmbeddedServer, find_nats_server
+
+from .fakes.server import FakeUpstream
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +62,20 @@ def _merge(a: dict[str, object], b: dict[str, object]) -> dict[str, object]:
         else:
             out[k] = v
     return out
+
+
+@pytest.fixture(name="upstream")
+def _upstream() -> Iterator[FakeUpstream]:
+    """A loopback HTTP server for a fake upstream (see ``tests/fakes``)."""
+    with FakeUpstream() as up:
+        yield up
+
+
+@pytest.fixture(name="http")
+async def _http() -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client like a provider actor's: no redirects followed, no proxy from the env."""
+    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+        yield client
 
 
 @pytest.fixture(name="config")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -112,21 +111,9 @@ def test_placeholders() -> None:
 # ---- against the fake gateway ----------------------------------------------------------------------------
 
 
-@pytest.fixture(name="upstream")
-def _upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as up:
-        yield up
-
-
 @pytest.fixture(name="chat")
 def _chat(upstream: FakeUpstream) -> OpenAIChatFake:
     return OpenAIChatFake(upstream)
-
-
-@pytest.fixture(name="http")
-async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-        yield client
 
 
 def chat_config(base_url: str, **block: Any) -> Config:

@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,55 +16,9 @@ from services.config import load_config
 from services.providers.local import LocalProvider
 from services.stack import Stack, running
 
+from .reliability.procs import ServeProcess
+
 pytestmark = pytest.mark.anyio
-
-
-class ServeProcess:
-    """`aiimg serve --only …` in a child process, with its JSON log lines collected."""
-
-    def __init__(self, config_path: Path, only: str) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "--config", str(config_path), "serve", "--only", only],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        self.lines: list[dict[str, object]] = []
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            try:
-                self.lines.append(json.loads(raw))
-            except ValueError:
-                self.lines.append({"event": raw.decode(errors="replace").strip()})
-
-    def saw(self, event: str) -> bool:
-        return any(line.get("event") == event for line in self.lines)
-
-    async def wait_for(self, event: str, timeout: float = 30) -> None:
-        with anyio.fail_after(timeout):
-            while not self.saw(event):
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"serve exited early ({self.proc.returncode}): {self.lines[-5:]}")
-                await anyio.sleep(0.05)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(name="config_file")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -27,21 +26,9 @@ KEY2 = "ark-test-2"
 V40, V45, V50 = "doubao-seedream-4-0-250828", "doubao-seedream-4-5-251128", "doubao-seedream-5-0-260128"
 
 
-@pytest.fixture(name="upstream")
-def _upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as up:
-        yield up
-
-
 @pytest.fixture(name="fake")
 def _fake(upstream: FakeUpstream) -> ArkFake:
     return ArkFake(upstream, keys=[KEY, KEY2])
-
-
-@pytest.fixture(name="http")
-async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-        yield client
 
 
 def config_for(base_url: str, **block: Any) -> Config:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -26,21 +25,9 @@ KEY = "g-test-key-1"
 KEY2 = "g-test-key-2"
 
 
-@pytest.fixture(name="upstream")
-def _upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as up:
-        yield up
-
-
 @pytest.fixture(name="fake")
 def _fake(upstream: FakeUpstream) -> GeminiFake:
     return GeminiFake(upstream, keys=[KEY, KEY2])
-
-
-@pytest.fixture(name="http")
-async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-        yield client
 
 
 def config_for(api_url: str, **block: Any) -> Config:

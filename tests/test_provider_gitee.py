@@ -3,7 +3,6 @@ plus one edit job through the bus: router + gitee_async actor + real nats-server
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,21 +32,9 @@ KEY = "gitee-test-1"
 KEY2 = "gitee-test-2"
 
 
-@pytest.fixture(name="upstream")
-def _upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as up:
-        yield up
-
-
 @pytest.fixture(name="fake")
 def _fake(upstream: FakeUpstream) -> GiteeFake:
     return GiteeFake(upstream, keys=[KEY, KEY2], no_package=["gitee-empty-1"])
-
-
-@pytest.fixture(name="http")
-async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-        yield client
 
 
 def config_for(

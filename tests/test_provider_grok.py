@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -24,21 +23,9 @@ pytestmark = pytest.mark.anyio
 KEY = "xai-test-1"
 
 
-@pytest.fixture(name="upstream")
-def _upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as up:
-        yield up
-
-
 @pytest.fixture(name="xai")
 def _xai(upstream: FakeUpstream) -> XAIFake:
     return XAIFake(upstream, keys=[KEY, "xai-test-2"])
-
-
-@pytest.fixture(name="http")
-async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-        yield client
 
 
 def grok_config(base_url: str, **block: Any) -> Config:

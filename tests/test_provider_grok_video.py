@@ -78,12 +78,6 @@ def _fake(servers: XaiVideoFake) -> XaiVideoFake:
     return servers
 
 
-@pytest.fixture(name="http")
-async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-        yield client
-
-
 async def attempt(
     config: Config,
     http: httpx.AsyncClient,

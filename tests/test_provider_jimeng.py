@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -23,21 +22,9 @@ pytestmark = pytest.mark.anyio
 APIKEY = "jm-test-apikey-1"
 
 
-@pytest.fixture(name="upstream")
-def _upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as up:
-        yield up
-
-
 @pytest.fixture(name="fake")
 def _fake(upstream: FakeUpstream) -> JimengFake:
     return JimengFake(upstream, apikey=APIKEY, cookies={"123": "sid=a", "456": "sid=b:c"})
-
-
-@pytest.fixture(name="http")
-async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-        yield client
 
 
 def config_for(api_url: str, **block: Any) -> Config:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,21 +40,9 @@ pytestmark = pytest.mark.anyio
 KEY = "sk-test-1"
 
 
-@pytest.fixture(name="upstream")
-def _upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as up:
-        yield up
-
-
 @pytest.fixture(name="fake")
 def _fake(upstream: FakeUpstream) -> OpenAIImagesFake:
     return OpenAIImagesFake(upstream, keys=[KEY, "sk-test-2"])
-
-
-@pytest.fixture(name="http")
-async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-        yield client
 
 
 def config_for(base_url: str, alias: str = "openai_compat", **block: Any) -> Config:

@@ -10,7 +10,7 @@ that one loopback address is public (no test traffic leaves 127.0.0.1).
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import anyio
 import httpx
@@ -31,12 +31,6 @@ CAP = 64 * 1024
 def _net(**kw: object) -> NetworkConfig:
     base: dict[str, object] = {"allow_private_downloads": True, "download_max_bytes": CAP, "download_timeout": 3.0}
     return NetworkConfig(**{**base, **kw})  # type: ignore[arg-type]
-
-
-@pytest.fixture(name="http")
-async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
-        yield client
 
 
 @pytest.fixture(name="server")
