@@ -34,6 +34,7 @@ __all__ = (
     "download",
     "each_key",
     "failure_from_response",
+    "image_from_item",
     "normalize_gemini_base",
     "normalize_openai_base",
     "parse_json",
@@ -377,6 +378,22 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     except ValueError:
         port = None
     return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+async def image_from_item(
+    http: httpx.AsyncClient, item: Any, net: NetworkConfig, label: str
+) -> tuple[bytes, str] | None:
+    """The image of one OpenAI-style ``data[]`` item: ``b64_json`` decoded strictly, else ``url``
+    downloaded safely. Returns ``(bytes, source_url)``, or None when the item has neither."""
+    if not isinstance(item, dict):
+        return None
+    b64 = item.get("b64_json")
+    if isinstance(b64, str) and b64.strip():
+        return decode_base64(b64), ""
+    url = item.get("url")
+    if isinstance(url, str) and url.strip():
+        return await download(http, url.strip(), net, label=f"{label} image")
+    return None
 
 
 # ---- 404 cool-down -----------------------------------------------------------------------------

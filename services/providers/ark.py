@@ -25,10 +25,9 @@ from ..settings import ArkSettings
 from ..sizes import parse_output
 from ._common import (
     KeyRing,
-    decode_base64,
-    download,
     each_key,
     failure_from_response,
+    image_from_item,
     join,
     parse_json,
     retry_after_seconds,
@@ -190,14 +189,10 @@ async def _image(ctx: AttemptContext, data: Any, key: str) -> Output:
     items = data.get("data")
     errors: list[dict[str, Any]] = []
     for item in items if isinstance(items, list) else []:
-        if not isinstance(item, dict):
-            continue
-        if isinstance(item.get("b64_json"), str) and item["b64_json"]:
-            return Output(data=decode_base64(item["b64_json"]))
-        if isinstance(item.get("url"), str) and item["url"]:
-            raw, final = await download(ctx.http, item["url"], ctx.config.network, label=f"{LABEL} image")
-            return Output(data=raw, source_url=final)
-        if isinstance(item.get("error"), dict):
+        found = await image_from_item(ctx.http, item, ctx.config.network, LABEL)
+        if found is not None:
+            return Output(data=found[0], source_url=found[1])
+        if isinstance(item, dict) and isinstance(item.get("error"), dict):
             errors.append(item["error"])
     if errors:
         raise _error_failure(errors[0], 200, key, 0, httpx.Headers())

@@ -23,9 +23,8 @@ from ..sizes import SizeIntent, parse_output
 from ._common import (
     Cooldown,
     KeyRing,
-    decode_base64,
-    download,
     each_key,
+    image_from_item,
     join,
     normalize_openai_base,
     parse_json,
@@ -97,13 +96,9 @@ async def _image(ctx: AttemptContext, data: Any, position: int, key: str) -> Out
     if not isinstance(items, list) or not items:
         raise ProviderFailure("no_image", f"{LABEL}: the reply has no image data")
     for item in items:
-        if not isinstance(item, dict):
-            continue
-        if isinstance(item.get("b64_json"), str) and item["b64_json"]:
-            return Output(data=decode_base64(item["b64_json"]))
-        if isinstance(item.get("url"), str) and item["url"]:
-            raw, final = await download(ctx.http, item["url"], ctx.config.network, label=f"{LABEL} image")
-            return Output(data=raw, source_url=final)
+        found = await image_from_item(ctx.http, item, ctx.config.network, LABEL)
+        if found is not None:
+            return Output(data=found[0], source_url=found[1])
     raise ProviderFailure("no_image", f"{LABEL}: the reply has no image url or b64_json")
 
 
