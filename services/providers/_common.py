@@ -245,7 +245,19 @@ def failure_from_response(
     )
 
 
-def parse_json(label: str, response: httpx.Response) -> Any:
+def check_json_reply(label: str, response: httpx.Response) -> None:
+    """Raise ``invalid_response`` for a 2xx answer that is an HTML page or empty."""
+    ctype = response.headers.get("content-type", "")
+    text_head = response.content[:64].lstrip().lower()
+    if "html" in ctype or text_head.startswith((b"<!doctype", b"<html")):
+        raise ProviderFailure(
+            "invalid_response", f"{label} returned an HTML page instead of JSON", status=response.status_code
+        )
+    if not response.content[:4096].strip() and not response.content.strip():
+        raise ProviderFailure("invalid_response", f"{label} returned an empty body", status=response.status_code)
+
+
+def parse_json(label: str, response: Any) -> Any:
     """The JSON body of a 2xx response, or ``invalid_response`` for HTML / malformed / empty bodies."""
     ctype = response.headers.get("content-type", "")
     text_head = response.content[:64].lstrip().lower()
