@@ -42,6 +42,12 @@ COMMANDS: dict[Kind, tuple[str, ...]] = {
 }
 """Command → its names. The first name is what AstrBot registers; the rest are aliases."""
 
+BACKEND_VARIANTS: dict[str, str] = {"g": "gemini", "q": "gitee"}
+"""The old plugin's forced-backend variants: ``/gedit`` ``/g改图`` ``/g自拍`` ``/g<预设>`` put
+gemini_native first, the ``q`` forms gitee_async; the configured fallbacks still follow."""
+
+_VARIANT_BASES: dict[Kind, tuple[str, ...]] = {"edit": ("edit", "改图"), "selfie": ("自拍",)}
+
 DEFAULT_EDIT_PROMPT = "Transform this image with artistic style"
 """The prompt of an edit that names no change (the old plugin's default)."""
 
@@ -78,6 +84,8 @@ class Request:
     """``selfie_ref`` only: what to do with the references."""
     command: str = ""
     """The name the user typed (for usage texts)."""
+    backend: str = ""
+    """A provider to try first (the ``g``/``q`` variants); empty = the configured chain."""
 
 
 def _with_preset(preset_prompt: str, extra: str) -> str:
@@ -107,11 +115,24 @@ def _split_head(text: str, names: Mapping[str, Kind | str]) -> tuple[str, str] |
 def _name_table(edit_presets: Mapping[str, str]) -> dict[str, Kind | str]:
     table: dict[str, Kind | str] = {}
     for preset in edit_presets:
+        for letter in BACKEND_VARIANTS:
+            table[letter + preset] = "preset"
         table[preset] = "preset"
+    for kind, bases in _VARIANT_BASES.items():
+        for base in bases:
+            for letter in BACKEND_VARIANTS:
+                table[letter + base] = kind
     for kind, names in COMMANDS.items():  # built-in names win over a preset of the same name
         for name in names:
             table[name] = kind
     return table
+
+
+def _variant(name: str, known: Mapping[str, object] | tuple[str, ...]) -> tuple[str, str]:
+    """``("gitee", "改图")`` for ``q改图``; ``("", name)`` for a plain name."""
+    if name[:1] in BACKEND_VARIANTS and name[1:] in known and name not in COMMANDS["edit"] + COMMANDS["selfie"]:
+        return BACKEND_VARIANTS[name[:1]], name[1:]
+    return "", name
 
 
 def parse(
@@ -130,17 +151,21 @@ def parse(
     name, rest = head
     kind = table[name]
     if kind == "preset":
-        return Request("edit", _with_preset(edit_presets[name], rest), preset=name, command=name)
+        backend, preset = _variant(name, edit_presets) if name not in edit_presets else ("", name)
+        return Request("edit", _with_preset(edit_presets[preset], rest), preset=preset, command=name, backend=backend)
     if kind == "draw":
         prompt, output = split_output_suffix(rest) if rest else ("", "")
         return Request("draw", prompt, output=output, command=name)
     if kind == "edit":
+        backend = _variant(name, _VARIANT_BASES["edit"])[0]
         first, _, extra = rest.partition(" ")
         if first in edit_presets:
-            return Request("edit", _with_preset(edit_presets[first], extra), preset=first, command=name)
-        return Request("edit", rest or DEFAULT_EDIT_PROMPT, command=name)
+            return Request(
+                "edit", _with_preset(edit_presets[first], extra), preset=first, command=name, backend=backend
+            )
+        return Request("edit", rest or DEFAULT_EDIT_PROMPT, command=name, backend=backend)
     if kind == "selfie":
-        return Request("selfie", rest, command=name)
+        return Request("selfie", rest, command=name, backend=_variant(name, _VARIANT_BASES["selfie"])[0])
     if kind == "selfie_ref":
         return Request("selfie_ref", rest, action=parse_ref_action(rest), command=name)
     if kind == "video":

@@ -179,7 +179,9 @@ class Bridge:
             return
         with self.slots.held(user):
             await react(event, PROCESSING)
-            job = await self._submit(event, sink, client, op, request.prompt, images, output=request.output)
+            job = await self._submit(
+                event, sink, client, op, request.prompt, images, output=request.output, backend=request.backend
+            )
             if job is None:
                 await react(event, FAILED)
                 return

@@ -93,6 +93,26 @@ class AiimgPlugin(Star):
         """改图：发送或引用图片，/aiedit <要怎么改> 或 /aiedit <预设名>"""
         await self._command(event)
 
+    @filter.command("gedit", alias={"g改图"})
+    async def gedit(self, event: AstrMessageEvent) -> None:
+        """改图，优先用 Gemini 原生（之后仍按降级顺序）：/gedit <要怎么改>"""
+        await self._command(event)
+
+    @filter.command("qedit", alias={"q改图"})
+    async def qedit(self, event: AstrMessageEvent) -> None:
+        """改图，优先用 Gitee 千问异步（之后仍按降级顺序）：/qedit <要怎么改>"""
+        await self._command(event)
+
+    @filter.command("g自拍")
+    async def gselfie(self, event: AstrMessageEvent) -> None:
+        """自拍，优先用 Gemini 原生：/g自拍 [要求]"""
+        await self._command(event)
+
+    @filter.command("q自拍")
+    async def qselfie(self, event: AstrMessageEvent) -> None:
+        """自拍，优先用 Gitee 千问异步：/q自拍 [要求]"""
+        await self._command(event)
+
     @filter.command("自拍")
     async def selfie(self, event: AstrMessageEvent) -> None:
         """Bot 自拍：/自拍 [要求]（需先设置自拍参考照）"""
