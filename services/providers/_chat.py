@@ -179,7 +179,8 @@ def is_placeholder(data: bytes) -> bool:
     return width <= 1 and height <= 1
 
 
-def _reply_text(reply: Any) -> str:
+def reply_text(reply: Any) -> str:
+    """The text of a chat completion's first choice (string content, or its text parts joined)."""
     try:
         content = reply["choices"][0]["message"].get("content")
     except (KeyError, IndexError, TypeError, AttributeError):
@@ -248,7 +249,7 @@ class ChatImages:
                 raise ProviderFailure("content_policy", f"{caller.label}: chat reply blocked ({short(blocked, 120)})")
             if refs:
                 raise ProviderFailure("no_image", f"{caller.label}: chat reply holds a video URL, not an image")
-            excerpt = short(caller.scrub(_reply_text(reply)), 120) or "(empty)"
+            excerpt = short(caller.scrub(reply_text(reply)), 120) or "(empty)"
             raise ProviderFailure("no_image", f"{caller.label}: chat reply has no image: {excerpt}")
         placeholders = 0
         for ref in reversed(images):

@@ -33,6 +33,7 @@ from messages import Reason
 from ..errors import ProviderFailure
 from ..provider import AttemptContext, Output, Provider
 from ..settings import VideoSettings
+from ._chat import reply_text
 from ._common import (
     download,
     error_text,
@@ -291,15 +292,7 @@ class _Attempt:
 
 def _content_text(reply: Any) -> str:
     """The assistant's text, for the error message when no URL came back."""
-    try:
-        content = reply["choices"][0]["message"]["content"]
-    except (KeyError, IndexError, TypeError):
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
+    return reply_text(reply)
 
 
 def _video_options(output: str) -> tuple[str, str]:
