@@ -120,24 +120,26 @@ class Client:
     async def wait(self, job_id: str, timeout: float | None = None) -> TerminalEvent:
         """The job's terminal event.
 
-        Cheaper than :meth:`follow`: a plain subscription to the job's ``done`` subject,
-        then one direct read in case the job finished before we subscribed — no consumer.
+        Cheaper than :meth:`follow`: a plain subscription to the job's ``done`` subject plus
+        direct reads of the stored event — no consumer. The server routes a published
+        message to live subscribers before its stream has stored it, so an event published
+        just before our subscription became active may be neither delivered to us nor yet
+        readable; the stored copy is therefore read again whenever the subscription has been
+        quiet for a while (50 ms, doubling to 2 s).
         """
         subject = self.bus.names.subject("done", job_id)
         sub = await self.bus.nc.subscribe(subject)
         try:
             with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
-                try:
-                    raw = await self.bus.js.get_msg(self.bus.names.jobs_stream, subject=subject, direct=True)
-                    end = self._terminal(raw.data or b"", raw.subject or subject)
+                quiet = 0.05
+                while True:
+                    end = await self._stored_terminal(subject)
                     if end is not None:
                         return end
-                except NotFoundError:
-                    pass
-                while True:
                     try:
-                        msg = await sub.next_msg(timeout=None)
+                        msg = await sub.next_msg(timeout=quiet)
                     except TimeoutError:
+                        quiet = min(quiet * 2, 2.0)
                         continue
                     end = self._terminal(msg.data, msg.subject)
                     if end is not None:
@@ -145,6 +147,13 @@ class Client:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def _stored_terminal(self, subject: str) -> TerminalEvent | None:
+        try:
+            raw = await self.bus.js.get_msg(self.bus.names.jobs_stream, subject=subject, direct=True)
+        except NotFoundError:
+            return None
+        return self._terminal(raw.data or b"", raw.subject or subject)
 
     def _terminal(self, data: bytes, subject: str) -> TerminalEvent | None:
         try:
