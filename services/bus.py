@@ -315,16 +315,6 @@ class Bus:
             raise BusError(f"publish refused: {exc}") from exc
         return int(ack.seq), bool(ack.duplicate)
 
-    async def last_seq(self, job_id: str) -> int:
-        """Stream sequence of the job's newest event (0 when it has none). One round trip."""
-        try:
-            raw = await self.js.get_msg(
-                self.names.jobs_stream, subject=self.names.subject("history", job_id), direct=True
-            )
-        except NotFoundError:
-            return 0
-        return int(raw.seq or 0)
-
     async def history(self, job_id: str) -> list[tuple[int, JobEvent]]:
         """Every decodable event of ``job_id`` with its stream sequence, oldest first."""
         return (await self.history_and_last(job_id))[0]

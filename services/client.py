@@ -31,7 +31,7 @@ from messages._codec import DecodeError
 from .blobs import BlobStore
 from .bus import Bus, event_subject
 from .errors import AiimgError, JobError, ProviderFailure
-from .media import MediaInfo, inspect_image, sniff_mime
+from .media import inspect_image
 
 __all__ = ("Client", "new_job_id")
 
@@ -111,7 +111,7 @@ class Client:
                 if event_subject(self.bus.names, event) != msg.subject:
                     continue  # not where this event belongs (see Bus.history)
                 yield event
-                if isinstance(event, (JobCompleted,)) or event.__struct_config__.tag in _TERMINAL_TAGS:
+                if event.__struct_config__.tag in _TERMINAL_TAGS:
                     return
         finally:
             with contextlib.suppress(Exception):
@@ -180,7 +180,3 @@ class Client:
 
 
 _TERMINAL_TAGS = frozenset({"job.completed.v1", "job.failed.v1", "job.cancelled.v1"})
-
-# Re-exported for callers that want to label stored inputs themselves.
-MediaInfo = MediaInfo
-sniff_mime = sniff_mime

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import EmbeddedServerError
@@ -123,13 +122,3 @@ def _tail(path: Path, lines: int = 5) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     return ""
-
-
-@contextlib.contextmanager
-def embedded(store_dir: Path) -> Iterator[EmbeddedServer]:
-    server = EmbeddedServer(store_dir)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()

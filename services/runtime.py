@@ -211,13 +211,6 @@ async def heartbeat(msg: Msg, interval: float) -> AsyncIterator[None]:
             tg.cancel_scope.cancel()
 
 
-def subject_job_id(bus: Bus, subject: str) -> str | None:
-    try:
-        return bus.names.job_id_of(subject)
-    except ValueError:
-        return None
-
-
 def describe(msg: Msg) -> dict[str, Any]:
     try:
         md = msg.metadata

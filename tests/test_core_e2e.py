@@ -18,7 +18,6 @@ from services.blobs import BlobStore
 from services.bus import Bus, connect
 from services.cli import format_trace
 from services.client import Client
-from services.config import Config
 from services.provider import AttemptContext, Output, Provider
 from services.providers.local import LocalProvider
 from services.stack import Stack, running
@@ -302,10 +301,6 @@ async def test_cancel_running_job(bus: Bus) -> None:
         await client.cancel(job, "changed my mind")
         end = await client.wait(job, timeout=30)
     assert type(end).__name__ == "JobCancelled"
-
-
-def _unused(_: Config) -> None:  # keep Config imported for type checkers
-    pass
 
 
 async def test_router_never_dispatches_a_job_cancelled_before_it_ran(bus: Bus) -> None:
