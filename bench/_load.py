@@ -1,12 +1,14 @@
 """The submitting client of the throughput and concurrency figures, in its own process,
-and the direct baselines (plain httpx against the same upstream) measured the same way.
+and the direct baselines (httpx against the same upstream, no bus) measured the same way.
 
 ``python -m bench._load jobs CONFIG.json N [--submitters K]``: submit N draw jobs with the
 real :class:`services.client.Client` from K concurrent tasks, count terminal events on
 one core subscription (``<prefix>.job.*.done``), and print a JSON summary.
 
-``python -m bench._load direct URL N [--concurrency K]``: N POSTs to ``URL`` with K in
-flight, each decoded as a provider would (JSON, then base64).
+``python -m bench._load direct URL N [--concurrency K] [--plain]``: N POSTs to ``URL`` with K
+in flight, each decoded as a provider would (JSON, then base64). The client is the one a
+provider actor builds (``services.http.upstream_client``: httpx on aiohttp's transport);
+``--plain`` uses httpx's own transport instead (sharded pools, so it stays O(1) per request).
 
 ``python -m bench._load direct-memory URL``: one such call; prints the process's peak RSS
 above its idle RSS (the memory figure's baseline).
@@ -27,6 +29,7 @@ import httpx
 from bench._env import KEY, proc_status, reset_peak
 from bench._sharded import sharded_client
 from services.config import Config, config_from_dict
+from services.http import upstream_client
 
 
 async def jobs(config: Config, n: int, submitters: int, timeout: float) -> dict[str, Any]:
@@ -96,9 +99,12 @@ def _decode(body: bytes) -> bytes:
     return base64.b64decode(doc["data"][0]["b64_json"], validate=True)
 
 
-async def direct(url: str, n: int, concurrency: int) -> dict[str, Any]:
+async def direct(url: str, n: int, concurrency: int, plain: bool = False) -> dict[str, Any]:
     done_times: list[float] = []
-    async with sharded_client(concurrency, trust_env=False, timeout=120) as http:
+    client = (
+        sharded_client(concurrency, trust_env=False, timeout=120) if plain else upstream_client(Config(), concurrency)
+    )
+    async with client as http:
         next_index = 0
 
         async def worker() -> None:
@@ -151,6 +157,7 @@ def main() -> None:
     d.add_argument("url")
     d.add_argument("n", type=int)
     d.add_argument("--concurrency", type=int, default=64)
+    d.add_argument("--plain", action="store_true", help="httpx's own transport, not the provider's client")
     m = sub.add_parser("direct-memory")
     m.add_argument("url")
     args = p.parse_args()
@@ -158,7 +165,7 @@ def main() -> None:
         config = config_from_dict(json.loads(Path(args.config).read_text()))
         result = anyio.run(jobs, config, args.n, args.submitters, args.timeout)
     elif args.mode == "direct":
-        result = anyio.run(direct, args.url, args.n, args.concurrency)
+        result = anyio.run(direct, args.url, args.n, args.concurrency, args.plain)
     else:
         result = anyio.run(direct_memory, args.url)
     print(json.dumps(result), flush=True)

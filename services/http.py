@@ -1,26 +1,45 @@
 """The HTTP client provider actors call upstreams with.
 
-Two transports wrap httpx's:
+Providers speak httpx (``httpx.AsyncClient``: requests, auth, redirects, decoding), and
+the client's transport decides how bytes move:
 
+* :class:`AiohttpTransport` (the default) sends each request over aiohttp's connection
+  pool and C HTTP parser. httpx's own transport (httpcore + h11, pure Python) cost
+  1.45 ms of CPU per call with 64 calls in flight here; httpx on this transport 0.31 ms
+  (``docs/benchmarks.md``). It is what the provider actor's throughput, concurrency and
+  failover figures rest on.
 * :class:`CappedTransport` refuses response bodies over a byte limit while they stream, so
   one upstream answering 200 MB (or endless bytes) cannot take the actor's memory.
-* :class:`ShardedTransport` spreads requests over several connection pools. httpcore's pool
-  re-scans every connection on each request state change, so its CPU cost grows with the
-  square of the requests in flight: one pool with 1,000 slow requests in flight spent ~40 ms
-  of CPU per request here, shards of 64 connections keep each scan short (docs/benchmarks.md).
+* :class:`ShardedTransport` spreads requests over several httpx connection pools. httpcore's
+  pool re-scans every connection on each request state change, so its CPU cost grows with
+  the square of the requests in flight: one pool with 1,000 slow requests in flight spent
+  ~40 ms of CPU per request here, shards of 64 connections keep each scan short. Used only
+  where aiohttp cannot go: a SOCKS proxy (``network.proxy = "socks5://…"``).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 
+import aiohttp
 import httpx
+from yarl import URL
 
 from .config import Config
 from .errors import ProviderFailure
 
-__all__ = ("SHARD", "CappedTransport", "ShardedTransport", "response_cap", "send_read", "upstream_client")
+__all__ = (
+    "SHARD",
+    "AiohttpTransport",
+    "CappedTransport",
+    "ShardedTransport",
+    "response_cap",
+    "send_read",
+    "upstream_client",
+)
 
 SHARD = 64
 """Connections per pool shard."""
@@ -92,9 +111,126 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             await shard.aclose()
 
 
-def upstream_client(config: Config, concurrency: int) -> httpx.AsyncClient:
-    """The client a provider actor running ``concurrency`` attempts at once calls upstreams with."""
-    transport = ShardedTransport(max(concurrency, 1), proxy=config.network.proxy or None)
+@contextmanager
+def _mapped() -> Iterator[None]:
+    """aiohttp's exceptions as the httpx ones providers handle (``timeout`` vs ``network``)."""
+    try:
+        yield
+    except httpx.HTTPError:
+        raise
+    except (aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError) as exc:
+        raise httpx.ProxyError(f"proxy: {type(exc).__name__}") from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout("timed out connecting") from exc
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise httpx.ReadTimeout("timed out reading the response") from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise httpx.ConnectError(f"cannot connect: {type(exc).__name__}") from exc
+    except (aiohttp.InvalidURL, aiohttp.NonHttpUrlClientError) as exc:
+        raise httpx.UnsupportedProtocol("not an http(s) URL") from exc
+    except aiohttp.ServerDisconnectedError as exc:
+        raise httpx.RemoteProtocolError("server disconnected") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise httpx.RemoteProtocolError("malformed or truncated response body") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        raise httpx.ReadError(type(exc).__name__) from exc
+
+
+class _AiohttpStream(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _mapped():
+            # Whatever the socket has (up to aiohttp's 256 KiB read buffer), not fixed small chunks.
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+    async def aclose(self) -> None:
+        # Back to the pool if the body was read to the end; closed otherwise.
+        self._response.release()
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """An httpx transport over one aiohttp session (HTTP/1.1, keep-alive, ``connections`` at most).
+
+    httpx keeps everything above the wire — auth, cookies, redirects, content decoding,
+    timeouts taken from each request's ``timeout`` extension — so aiohttp's own cookie jar,
+    decompression and redirects are off. Exceptions become httpx's (:func:`_mapped`), so a
+    provider cannot tell the transports apart. An HTTP(S) ``proxy`` is supported.
+    """
+
+    def __init__(self, connections: int, *, proxy: str | None = None, verify: ssl.SSLContext | None = None) -> None:
+        self._connections = max(1, connections)
+        self._proxy = proxy or None
+        self._ssl = verify or httpx.create_ssl_context()
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        # Created on first use: an aiohttp session belongs to the running event loop.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._connections, limit_per_host=0, ssl=self._ssl, keepalive_timeout=5.0
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=None),
+                # httpx accepts long header lines (big cookies, long error reasons); so do we.
+                max_line_size=65536,
+                max_field_size=65536,
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions.get("timeout", {})
+        body = await request.aread()
+        session = self._get_session()
+        with _mapped():
+            response = await session.request(
+                request.method,
+                URL(str(request.url), encoded=True),
+                headers=list(request.headers.multi_items()),
+                data=body or None,
+                allow_redirects=False,
+                proxy=self._proxy,
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=timeout.get("pool"),
+                    sock_connect=timeout.get("connect"),
+                    sock_read=timeout.get("read"),
+                ),
+            )
+        extensions: dict[str, object] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode("latin-1", "replace")
+        return httpx.Response(
+            status_code=response.status,
+            headers=list(response.raw_headers),
+            stream=_AiohttpStream(response),
+            request=request,
+            extensions=extensions,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def upstream_client(config: Config, concurrency: int, *, proxy: str | None = None) -> httpx.AsyncClient:
+    """The client a provider actor running ``concurrency`` attempts at once calls upstreams with.
+
+    ``proxy`` overrides ``network.proxy`` (a provider block with its own proxy URL).
+    """
+    proxy = proxy or config.network.proxy or None
+    transport: httpx.AsyncBaseTransport
+    if proxy and proxy.lower().startswith("socks"):
+        transport = ShardedTransport(max(concurrency, 1), proxy=proxy)
+    else:
+        transport = AiohttpTransport(max(concurrency, 1), proxy=proxy)
     return httpx.AsyncClient(
         timeout=httpx.Timeout(30.0, read=300.0),
         follow_redirects=False,

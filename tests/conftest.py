@@ -16,6 +16,7 @@ import pytest
 from services.bus import Bus, connect
 from services.config import Config, config_from_dict
 from services.embedded import EmbeddedServer, find_nats_server
+from services.http import upstream_client
 
 from .fakes.server import FakeUpstream
 
@@ -73,8 +74,8 @@ def _upstream() -> Iterator[FakeUpstream]:
 
 @pytest.fixture(name="http")
 async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client like a provider actor's: no redirects followed, no proxy from the env."""
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False) as client:
+    """The client a provider actor builds (``upstream_client``): the same transport, timeouts and cap."""
+    async with upstream_client(Config(), 16) as client:
         yield client
 
 

@@ -22,6 +22,7 @@ import httpx
 
 from ..config import Config
 from ..errors import ProviderFailure
+from ..http import upstream_client
 from ..provider import AttemptContext, Output, Provider
 from ..settings import GeminiNativeSettings
 from ..sizes import SizeIntent, parse_output
@@ -131,9 +132,8 @@ class GeminiNativeProvider(Provider):
             return shared
         client = self._proxied.get(proxy)
         if client is None:
-            client = httpx.AsyncClient(
-                proxy=proxy, timeout=httpx.Timeout(30.0, read=300.0), follow_redirects=False, trust_env=False
-            )
+            # Built like the shared client: same transport, timeouts and response cap.
+            client = upstream_client(self.config, self.config.actors.concurrency, proxy=proxy)
             self._proxied[proxy] = client
         return client
 
