@@ -38,7 +38,7 @@ from .errors import BlobError, BusError, ProviderFailure
 from .http import response_cap, upstream_client
 from .logging import redact
 from .media import MediaInfo, inspect_media
-from .runtime import PullConsumer, describe, heartbeat
+from .runtime import Heartbeats, PullConsumer, describe
 from .settings import ProviderSettings
 from .state import fold
 
@@ -131,6 +131,8 @@ class ProviderActor:
             bus, bus.names.provider_consumer(self.alias), self.handle, concurrency=self.concurrency, name=self.alias
         )
         self._running: dict[str, set[anyio.CancelScope]] = {}
+        # Three heartbeats per ack_wait whatever its size (a 1 s floor used to equal a 1 s ack_wait).
+        self.heartbeats = Heartbeats(max(0.05, cfg.actors.ack_wait / 3))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         # Terminal events of any job: a running attempt of a job that ended (cancelled,
@@ -138,7 +140,10 @@ class ProviderActor:
         done_sub = await self.bus.nc.subscribe(self.bus.names.subject("done"), cb=self._on_done)
         log.info("provider_started", provider=self.alias, concurrency=self.concurrency)
         try:
-            await self.consumer.run(task_status=task_status)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.heartbeats.run)
+                await self.consumer.run(task_status=task_status)
+                tg.cancel_scope.cancel()
         finally:
             with contextlib.suppress(Exception):
                 await done_sub.unsubscribe()
@@ -187,14 +192,12 @@ class ProviderActor:
         # so our own failure event lands before the router counts a timeout.
         budget = max(1.0, min(block.timeout, d.deadline - now - 1.0))
         log.info("attempt_started", op=d.op, inputs=len(d.inputs))
-        # Three heartbeats per ack_wait whatever its size (a 1 s floor used to equal a 1 s ack_wait).
-        interval = max(0.05, self.bus.config.actors.ack_wait / 3)
         scope = anyio.CancelScope()
         self._running.setdefault(d.job_id, set()).add(scope)
         result: AttemptSucceeded | AttemptFailed | None = None
         try:
             with scope:
-                async with heartbeat(msg, interval):
+                with self.heartbeats.holding(msg):
                     result = await self._produce(d, block, started, budget)
         finally:
             scopes = self._running.get(d.job_id)

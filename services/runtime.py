@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -27,7 +26,7 @@ from nats.aio.msg import Msg
 
 from .bus import Bus
 
-__all__ = ("PullConsumer", "heartbeat")
+__all__ = ("Heartbeats", "PullConsumer")
 
 log = structlog.get_logger("aiimg.runtime")
 
@@ -72,33 +71,28 @@ class PullConsumer:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         nc = self.bus.nc
         inbox = nc.new_inbox()
-        send, recv = anyio.create_memory_object_stream[Msg](math.inf)
-
-        async def on_msg(msg: Msg) -> None:
-            send.send_nowait(msg)
-
-        sub = await nc.subscribe(inbox, cb=on_msg)
         next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.bus.names.jobs_stream}.{self.durable}"
+        sub = None
         try:
             async with anyio.create_task_group() as tg:
+
+                async def on_msg(msg: Msg) -> None:
+                    # Runs in nats-py's delivery task: start the handler from here, so a
+                    # message is one task switch away from its handler, not two.
+                    if self._on_status(msg):
+                        return
+                    if self._stopping.is_set():
+                        with contextlib.suppress(Exception):
+                            await msg.nak()
+                        return
+                    self._delivered()
+                    self.in_flight += 1
+                    tg.start_soon(self._run_one, msg)
+
+                sub = await nc.subscribe(inbox, cb=on_msg)
                 tg.start_soon(self._pull_loop, next_subject, inbox)
                 task_status.started()
-                async with recv:
-                    while True:
-                        with anyio.move_on_after(0.25):
-                            msg = await recv.receive()
-                            if self._on_status(msg):
-                                continue
-                            if self._stopping.is_set():
-                                with contextlib.suppress(Exception):
-                                    await msg.nak()
-                                continue
-                            self._delivered()
-                            self.in_flight += 1
-                            tg.start_soon(self._run_one, msg)
-                            continue
-                        if self._stopping.is_set():
-                            break
+                await self._stopping.wait()
                 # Drain: wait for running handlers, then cancel what is left.
                 with anyio.move_on_after(self.drain_timeout):
                     while self.in_flight:
@@ -106,9 +100,9 @@ class PullConsumer:
                         await self._idle.wait()
                 tg.cancel_scope.cancel()
         finally:
-            send.close()
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
             self._stopped.set()
 
     async def stop(self) -> None:
@@ -189,26 +183,34 @@ class PullConsumer:
                 await self._wake.wait()
 
 
-@contextlib.asynccontextmanager
-async def heartbeat(msg: Msg, interval: float) -> AsyncIterator[None]:
-    """Send ``+WPI`` (in progress) every ``interval`` seconds while the body runs.
+class Heartbeats:
+    """Sends ``+WPI`` (in progress) for every held message, every ``interval`` seconds.
 
     Keeps a long upstream call from being redelivered to another replica while this
-    one is healthy; if the process dies, heartbeats stop and ``ack_wait`` redelivers.
+    process is healthy; if the process dies, heartbeats stop and ``ack_wait`` redelivers.
+    One loop per actor instead of one task per message: holding a message costs a set
+    insertion, whatever the number of attempts in flight.
     """
 
-    async def beat() -> None:
-        while True:
-            await anyio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._held: dict[int, Msg] = {}
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(beat)
+    @contextlib.contextmanager
+    def holding(self, msg: Msg) -> Iterator[None]:
+        key = id(msg)
+        self._held[key] = msg
         try:
             yield
         finally:
-            tg.cancel_scope.cancel()
+            self._held.pop(key, None)
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self.interval)
+            for msg in list(self._held.values()):
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
 
 def describe(msg: Msg) -> dict[str, Any]:
