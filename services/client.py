@@ -13,10 +13,12 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anyio
+from nats.aio.msg import Msg
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from messages import (
+    AttemptSucceeded,
     BlobRef,
     CancelRequested,
     JobCompleted,
@@ -165,11 +167,53 @@ class Client:
         return event  # type: ignore[return-value]
 
     async def result(self, job_id: str, timeout: float | None = None) -> tuple[JobCompleted, bytes]:
-        """Wait for the job; return its completion and the result bytes, or raise ``JobError``."""
-        end = await self.wait(job_id, timeout=timeout)
+        """Wait for the job; return its completion and the result bytes, or raise ``JobError``.
+
+        The result blob is fetched as soon as a provider reports success, while the router
+        is still writing the completion (which names the same blob); the blob is stored
+        before that report is published, so fetching it early is safe. If the completion
+        names another blob, or the early fetch failed, the completion's blob is read.
+        """
+        early: dict[str, tuple[BlobRef, anyio.Event, list[bytes]]] = {}
+
+        async with anyio.create_task_group() as tg:
+
+            async def fetch(ref: BlobRef, done: anyio.Event, out: list[bytes]) -> None:
+                try:
+                    out.append(await self.blobs.get(ref))
+                except AiimgError:
+                    pass  # read again below, from the completion's reference
+                finally:
+                    done.set()
+
+            async def on_attempt(msg: Msg) -> None:
+                try:
+                    event = decode_event(msg.data)
+                except DecodeError:
+                    return
+                if isinstance(event, AttemptSucceeded) and event.job_id == job_id and event.result.name not in early:
+                    entry: tuple[BlobRef, anyio.Event, list[bytes]] = (event.result, anyio.Event(), [])
+                    early[event.result.name] = entry
+                    tg.start_soon(fetch, *entry)
+
+            sub = await self.bus.nc.subscribe(self.bus.names.subject("attempt", job_id), cb=on_attempt)
+            try:
+                end = await self.wait(job_id, timeout=timeout)
+            finally:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            data: bytes | None = None
+            if isinstance(end, JobCompleted):
+                hit = early.get(end.result.name)
+                if hit is not None and hit[0] == end.result:
+                    await hit[1].wait()
+                    data = hit[2][0] if hit[2] else None
+            tg.cancel_scope.cancel()
         if not isinstance(end, JobCompleted):
             raise JobError(end)
-        return end, await self.blobs.get(end.result)
+        if data is None:
+            data = await self.blobs.get(end.result)
+        return end, data
 
     async def run(self, op: Operation, prompt: str = "", *, timeout: float | None = None, **kw: object) -> bytes:
         """Submit and wait: the result bytes (raises ``JobError`` on failure)."""
