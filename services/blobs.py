@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
@@ -126,10 +127,12 @@ class BlobStore:
                 view = memoryview(data)
                 for offset in range(0, size, chunk_size):
                     piece = view[offset : offset + chunk_size]
-                    # Hash this chunk while the server stores the ones before it.
-                    hasher.update(piece)
                     await acks.publish(chunk_subject, piece)
                     chunks += 1
+                    # Let nats-py's flusher put the chunk on the socket, then hash it while
+                    # the server stores it (hashing first kept the server idle meanwhile).
+                    await anyio.lowlevel.checkpoint()
+                    hasher.update(piece)
             digest = await hasher.digest()
             name = f"sha256-{digest.hex()}"
             # Look for an existing copy while the chunk acks come in.
