@@ -55,7 +55,7 @@ class Sizes:
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
             return cls(True, 6, 96, 40, 30, 200, 4, 1 << 20, 1, 256, 200, 10)
-        return cls(False, 200, 580, 3000, 1000, 2000, 100, 40 << 20, 3, 4096, 10_000, 100)
+        return cls(False, 200, 580, 5000, 1000, 2000, 100, 40 << 20, 3, 4096, 10_000, 100)
 
 
 class UpstreamProc:

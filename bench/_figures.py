@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -36,6 +37,7 @@ from services.client import Client
 from services.config import Config
 from services.http import upstream_client
 
+from . import _hops
 from ._env import KEY, ROOT, ActorProc, Env, cpu_seconds, openai_block, proc_status, reset_peak
 
 __all__ = ("FIGURES", "Figure", "Row")
@@ -232,9 +234,11 @@ async def throughput(env: Env) -> Figure:
         ok = res["completed"] == res["jobs"]
         per_job = {k: round(v / max(1, res["jobs"]) * 1000, 3) for k, v in cpu.items()}
         fig.rows.append(
-            Row(f"{label}: jobs/s", round(res["rate"], 1), "jobs/s", "≥ 1,000", res["rate"] >= 1000 and ok,
-                round(base["rate"], 1), "direct calls/s, provider's httpx client, 64 in flight",
-                f"steady {res['steady_rate']:.0f}/s; {res['completed']}/{res['jobs']} done; CPU ms/job {per_job}; "
+            Row(f"{label}: sustained jobs/s", round(res["steady_rate"], 1), "jobs/s", "≥ 1,000",
+                res["steady_rate"] >= 1000 and ok, round(base["rate"], 1),
+                "direct calls/s, provider's httpx client, 64 in flight",
+                f"sustained = completions 10th→90th percentile; whole run incl. ramp-up {res['rate']:.0f}/s; "
+                f"{res['completed']}/{res['jobs']} done; CPU ms/job {per_job}; "
                 f"httpx's own transport direct: {plain['rate']:.0f} calls/s")
         )  # fmt: skip
     fig.data.update(
@@ -356,17 +360,50 @@ async def failover(env: Env) -> Figure:
             hops["AttemptFailed → router wrote dispatch #2"].append(second.at - failed.at)
             hops["dispatch #2 → fallback upstream got the request"].append(recv[f"failover {i}"][1] - second.at)
     await env.stop_actors()
+    stored = await _two_stored_hops(env, s.failover_jobs)
     bus_gaps = [recv[f"failover {i}"][0] - sent[f"failover {i}"][0] for i in range(s.failover_jobs)]
     direct_gaps = [recv[f"direct {i}"][0] - sent[f"direct {i}"][0] for i in range(s.failover_jobs)]
     fig.data["hops_ms_p50"] = {k: ms(statistics.median(v)) for k, v in hops.items() if v}
     for q, target, limit in ((0.5, "≤ 2 ms", 2.0), (0.99, "≤ 10 ms", 10.0)):
         value = ms(pct(bus_gaps, q))
+        floor = ms(pct(direct_gaps, q) + pct(stored, q))
         fig.rows.append(
             Row(f"gap p{round(q * 100)}", value, "ms", target, value <= limit, ms(pct(direct_gaps, q)),
-                "client falling back by itself", f"n={len(bus_gaps)}")
+                "client falling back by itself",
+                f"n={len(bus_gaps)}; two stored hops, bare nats-py: {ms(pct(stored, q))} ms; "
+                f"floor (direct + those hops): {floor} ms")
         )  # fmt: skip
-    fig.data.update({"bus_ms": [ms(x) for x in bus_gaps], "direct_ms": [ms(x) for x in direct_gaps]})
+    fig.data.update(
+        {
+            "bus_ms": [ms(x) for x in bus_gaps],
+            "direct_ms": [ms(x) for x in direct_gaps],
+            "two_stored_hops_ms": [ms(x) for x in stored],
+        }
+    )
     return fig
+
+
+async def _two_stored_hops(env: Env, n: int) -> list[float]:
+    """The floor of the bus part of a failover: two JetStream hops with bare nats-py (``bench._hops``)."""
+    prefix = f"hops{uuid.uuid4().hex[:6]}"
+    await _hops.ensure(env.url, prefix)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for role in ("relay", "sink"):
+            proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the ready line is read in a thread
+                [sys.executable, "-m", "bench._hops", role, env.url, prefix],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            procs.append(proc)
+            assert proc.stdout is not None
+            with anyio.fail_after(60):
+                await anyio.to_thread.run_sync(proc.stdout.readline)
+        await _hops.measure(env.url, prefix, 10)  # warm up
+        return await _hops.measure(env.url, prefix, n)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 # ---- 5. blob path ---------------------------------------------------------------------------
