@@ -10,7 +10,6 @@ and video URLs are skipped.
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import re
@@ -24,7 +23,7 @@ from PIL import Image
 
 from ..errors import ProviderFailure
 from ..provider import AttemptContext, InputImage, Output
-from ._common import download, short
+from ._common import b64_text, download, short
 from ._images_api import Caller, ImagesAPI, decode_image, openai_failure
 
 __all__ = (
@@ -81,7 +80,7 @@ def size_hint(size: str = "", resolution: str = "") -> str:
 
 
 def _data_url(img: InputImage) -> str:
-    return f"data:{img.mime or 'image/png'};base64,{base64.b64encode(img.data).decode()}"
+    return f"data:{img.mime or 'image/png'};base64,{b64_text(img.data)}"
 
 
 def build_content(prompt: str, images: Sequence[InputImage], hint: str) -> str | list[dict[str, Any]]:

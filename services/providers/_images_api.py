@@ -25,6 +25,7 @@ from ..http import send_read
 from ..provider import AttemptContext, InputImage, Output
 from ._common import (
     Cooldown,
+    b64decode_strict,
     check_json_reply,
     decode_base64,
     download,
@@ -278,7 +279,7 @@ class ImagesAPI:
             # A JSON string with an escape (``\/``) is not strict base64 and takes the general path.
             if len(raw) > 2 and raw[0] == 0x22:
                 try:
-                    return Output(data=binascii.a2b_base64(raw[1:-1], strict_mode=True))
+                    return Output(data=b64decode_strict(raw[1:-1]))
                 except (binascii.Error, ValueError):
                     pass  # not canonical base64: the general path cleans and reports it
         return await image_from_response(ctx, caller, parse_json(caller.label, _Replied(content)))

@@ -11,7 +11,6 @@ table, where every ``*SensitiveContentDetected`` / ``*RiskDetection`` code is a 
 
 from __future__ import annotations
 
-import base64
 import math
 from typing import Any
 
@@ -25,6 +24,7 @@ from ..settings import ArkSettings
 from ..sizes import parse_output
 from ._common import (
     KeyRing,
+    b64_text,
     each_key,
     failure_from_response,
     image_from_item,
@@ -109,7 +109,7 @@ def build_body(ctx: AttemptContext, settings: ArkSettings) -> dict[str, Any]:
             if len(img.data) > MAX_INPUT_BYTES:
                 raise ProviderFailure("bad_request", f"{LABEL}: input image {i} is over 10 MB")
             mime = (sniff_mime(img.data) or img.mime or "image/png").lower()
-            urls.append(f"data:{mime};base64,{base64.b64encode(img.data).decode('ascii')}")
+            urls.append(f"data:{mime};base64,{b64_text(img.data)}")
         # The legacy SeedEdit 3.0 model takes one image as a string; Seedream 4+ take a list.
         body["image"] = urls[0] if "seededit" in model.lower() else urls
     return body

@@ -12,7 +12,6 @@ block (try another provider) from a quota hit (retry after ``RetryInfo.retryDela
 
 from __future__ import annotations
 
-import base64
 import math
 import re
 from typing import Any
@@ -28,6 +27,7 @@ from ..settings import GeminiNativeSettings
 from ..sizes import SizeIntent, parse_output
 from ._common import (
     KeyRing,
+    b64_text,
     decode_base64,
     each_key,
     join,
@@ -208,7 +208,7 @@ def build_body(ctx: AttemptContext, image_config: dict[str, str]) -> dict[str, A
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return b64_text(data)
 
 
 # ---- response ---------------------------------------------------------------------------

@@ -12,7 +12,6 @@ xAI differs from OpenAI in ways that matter here (provider-wire-formats §3):
 
 from __future__ import annotations
 
-import base64
 import math
 from typing import Any
 
@@ -21,7 +20,7 @@ import structlog
 
 from ..errors import ProviderFailure
 from ..provider import AttemptContext, InputImage, Output
-from ._common import short
+from ._common import b64_text, short
 from ._images_api import Caller, image_from_response
 from .openai_compat import OpenAICompatBase, OpenAIStyleSettings, size_intent
 
@@ -77,7 +76,7 @@ def xai_size_fields(output: str, model: str) -> dict[str, str]:
 
 
 def _image_part(img: InputImage) -> dict[str, str]:
-    data = base64.b64encode(img.data).decode()
+    data = b64_text(img.data)
     return {"url": f"data:{img.mime or 'image/png'};base64,{data}", "type": "image_url"}
 
 

@@ -18,7 +18,6 @@ retries retryable reasons on this provider up to ``max_retries`` (policy.retry_r
 
 from __future__ import annotations
 
-import base64
 import re
 import time
 from typing import Any
@@ -35,6 +34,7 @@ from ..provider import AttemptContext, Output, Provider
 from ..settings import VideoSettings
 from ._chat import reply_text
 from ._common import (
+    b64_text,
     download,
     error_text,
     failure_from_response,
@@ -247,7 +247,7 @@ class _Attempt:
 
     def _data_url(self) -> str:
         image = self.ctx.inputs[0]
-        return f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
+        return f"data:{image.mime};base64,{b64_text(image.data)}"
 
     async def _send(self, method: str, url: str, *, json: Any = None, poll: bool = False) -> httpx.Response:
         left = max(1.0, self.ctx.remaining())
