@@ -6,7 +6,7 @@ real :class:`services.client.Client` from K concurrent tasks, count terminal eve
 one core subscription (``<prefix>.job.*.done``), and print a JSON summary.
 
 ``python -m bench._load direct URL N [--concurrency K] [--plain]``: N POSTs to ``URL`` with K
-in flight, each decoded as a provider would (JSON, then base64). The client is the one a
+in flight, each decoded as a provider would (msgspec, then pybase64). The client is the one a
 provider actor builds (``services.http.upstream_client``: httpx on aiohttp's transport);
 ``--plain`` uses httpx's own transport instead (sharded pools, so it stays O(1) per request).
 
@@ -25,11 +25,13 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 
 from bench._env import KEY, proc_status, reset_peak
 from bench._sharded import sharded_client
 from services.config import Config, config_from_dict
 from services.http import upstream_client
+from services.providers._common import b64decode_strict
 
 
 async def jobs(config: Config, n: int, submitters: int, timeout: float) -> dict[str, Any]:
@@ -94,7 +96,24 @@ async def jobs(config: Config, n: int, submitters: int, timeout: float) -> dict[
         await bus.close()
 
 
-def _decode(body: bytes) -> bytes:
+class _Item(msgspec.Struct):
+    b64_json: str
+
+
+class _Reply(msgspec.Struct):
+    data: list[_Item]
+
+
+_REPLY = msgspec.json.Decoder(_Reply)
+
+
+def decode_reply(body: bytes) -> bytes:
+    """The image of an Images API reply, decoded the way a provider does (msgspec + pybase64)."""
+    return b64decode_strict(_REPLY.decode(body).data[0].b64_json)
+
+
+def _decode_plain(body: bytes) -> bytes:
+    """The same with the standard library only: the memory figure's naive client."""
     doc = json.loads(body)
     return base64.b64decode(doc["data"][0]["b64_json"], validate=True)
 
@@ -113,7 +132,7 @@ async def direct(url: str, n: int, concurrency: int, plain: bool = False) -> dic
                 i = next_index
                 next_index += 1
                 r = await http.post(url, json={"model": "gpt-image-1", "prompt": f"direct {i}"}, headers=_auth())
-                _decode(r.content)
+                decode_reply(r.content)
                 done_times.append(time.monotonic())
 
         started = time.monotonic()
@@ -138,7 +157,7 @@ async def direct_memory(url: str) -> dict[str, Any]:
         idle = proc_status(pid)["VmRSS"]
         resettable = reset_peak(pid)
         r = await http.post(url, json={"model": "gpt-image-1", "prompt": "memory"}, headers=_auth())
-        data = _decode(r.content)
+        data = _decode_plain(r.content)
         size = len(data)
         del r, data
     peak = proc_status(pid)["VmHWM"]
