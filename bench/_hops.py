@@ -4,7 +4,7 @@ A failover through the bus is two durable hops — the failed provider's ``Attem
 is stored and delivered to the router, whose next ``AttemptDispatched`` is stored and
 delivered to the fallback provider — plus the two HTTP legs a client falling back by
 itself also pays. This module measures those two hops with nothing of aiimg in them, on
-a scratch stream configured like the jobs stream (file storage, duplicate window, one
+a scratch stream per prefix configured like the jobs stream (file storage, duplicate window, one
 durable pull consumer per reader with a standing pull request):
 
 * ``relay``: pulls ``<p>.*.a``; for each message publishes ``<p>.<id>.b`` to the stream,
@@ -30,7 +30,10 @@ import nats
 from nats.aio.msg import Msg
 from nats.js import api as js_api
 
-STREAM = "BENCH_HOPS"
+
+def _stream(prefix: str) -> str:
+    """One scratch stream per prefix: every figure measuring hops gets its own."""
+    return f"BENCH_HOPS_{prefix.upper()}"
 
 
 async def ensure(url: str, prefix: str) -> None:
@@ -38,7 +41,7 @@ async def ensure(url: str, prefix: str) -> None:
     js = nc.jetstream()
     await js.add_stream(
         js_api.StreamConfig(
-            name=STREAM,
+            name=_stream(prefix),
             subjects=[f"{prefix}.>"],
             storage=js_api.StorageType.FILE,
             duplicate_window=120.0,
@@ -47,7 +50,7 @@ async def ensure(url: str, prefix: str) -> None:
     )
     for name, kind in (("relay", "a"), ("sink", "b")):
         await js.add_consumer(
-            STREAM,
+            _stream(prefix),
             js_api.ConsumerConfig(
                 durable_name=name,
                 ack_policy=js_api.AckPolicy.EXPLICIT,
@@ -58,7 +61,7 @@ async def ensure(url: str, prefix: str) -> None:
     await nc.close()
 
 
-async def _pull(nc: nats.NATS, durable: str, handle: object) -> None:
+async def _pull(nc: nats.NATS, prefix: str, durable: str, handle: object) -> None:
     """Keep one large pull request open on ``durable`` and hand each message to ``handle``."""
     inbox = nc.new_inbox()
     queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -67,7 +70,7 @@ async def _pull(nc: nats.NATS, durable: str, handle: object) -> None:
         queue.put_nowait(msg)
 
     await nc.subscribe(inbox, cb=on_msg)
-    subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{durable}"
+    subject = f"$JS.API.CONSUMER.MSG.NEXT.{_stream(prefix)}.{durable}"
     request = json.dumps({"batch": 10_000, "expires": int(600e9)}).encode()
     await nc.publish(subject, request, reply=inbox)
     while True:
@@ -87,7 +90,7 @@ async def relay(url: str, prefix: str) -> None:
         await msg.ack()
 
     print(json.dumps({"ready": True}), flush=True)
-    await _pull(nc, "relay", handle)
+    await _pull(nc, prefix, "relay", handle)
 
 
 async def sink(url: str, prefix: str) -> None:
@@ -100,7 +103,7 @@ async def sink(url: str, prefix: str) -> None:
         await msg.ack()
 
     print(json.dumps({"ready": True}), flush=True)
-    await _pull(nc, "sink", handle)
+    await _pull(nc, prefix, "sink", handle)
 
 
 async def measure(url: str, prefix: str, n: int) -> list[float]:
