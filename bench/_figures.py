@@ -319,8 +319,19 @@ async def concurrency(env: Env) -> Figure:
     await env.actor(path, "router")
     await env.actor(path, "provider", "openai_compat")
     load = ("bench._load", "jobs", str(path), str(s.concurrency_jobs), "--submitters", "100")
+    await up.reset()
     as_shipped = await _subprocess_json(*load)
     await env.stop_actors()
+    # Where the time goes, on the upstream's clock (time.monotonic, shared by every process).
+    t0 = as_shipped["started_monotonic"]
+    log = await up.log()
+    arrived = sorted(t - t0 for kind, t, *_ in log if kind == "recv")
+    replied = sorted(t - t0 for kind, t, *_ in log if kind == "sent")
+    phases = {
+        "last request reached the upstream (s)": round(arrived[-1], 3) if arrived else None,
+        "last reply sent (s)": round(replied[-1], 3) if replied else None,
+        "last job done (s)": round(as_shipped["wall_s"], 3),
+    }
     direct_args = ("bench._load", "direct", f"{up.url}/lat/{lat}/v1/images/generations", str(s.concurrency_jobs),
                    "--concurrency", str(s.concurrency_jobs))  # fmt: skip
     direct = await _subprocess_json(*direct_args)
@@ -332,9 +343,11 @@ async def concurrency(env: Env) -> Figure:
                 res["wall_s"] <= limit and res["completed"] == res["jobs"], round(direct["wall_s"], 3),
                 "direct, provider's httpx client, all at once",
                 f"{res['completed']}/{res['jobs']} done; submit took {res['submit_s']:.2f} s; "
+                f"last request at the upstream {phases['last request reached the upstream (s)']} s, "
+                f"last reply sent {phases['last reply sent (s)']} s; "
                 f"httpx's own transport (sharded pools) direct: {plain['wall_s']:.2f} s")
         )  # fmt: skip
-    fig.data.update({"as_shipped": as_shipped, "direct": direct, "plain": plain, "latency_ms": lat})
+    fig.data.update({"as_shipped": as_shipped, "direct": direct, "plain": plain, "latency_ms": lat, "phases": phases})
     return fig
 
 

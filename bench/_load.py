@@ -91,6 +91,7 @@ async def jobs(config: Config, n: int, submitters: int, timeout: float) -> dict[
             "rate": len(done_times) / (ended - started) if ended > started else 0.0,
             "steady_rate": steady,
             "first_done_s": (done_times[0] - started) if done_times else None,
+            "started_monotonic": started,
         }
     finally:
         await bus.close()
