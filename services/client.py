@@ -181,8 +181,8 @@ class Client:
             async def fetch(ref: BlobRef, done: anyio.Event, out: list[bytes]) -> None:
                 try:
                     out.append(await self.blobs.get(ref))
-                except AiimgError:
-                    pass  # read again below, from the completion's reference
+                except Exception:
+                    pass  # read again below, from the completion's reference, and fail there
                 finally:
                     done.set()
 
@@ -197,18 +197,26 @@ class Client:
                     tg.start_soon(fetch, *entry)
 
             sub = await self.bus.nc.subscribe(self.bus.names.subject("attempt", job_id), cb=on_attempt)
+            failure: Exception | None = None
+            data: bytes | None = None
             try:
                 end = await self.wait(job_id, timeout=timeout)
+            except Exception as exc:
+                # Raised after the task group, so a timeout stays a TimeoutError even while an
+                # early read is still running (inside, anyio would wrap it in an ExceptionGroup).
+                failure = exc
+            else:
+                if isinstance(end, JobCompleted):
+                    hit = early.get(end.result.name)
+                    if hit is not None and hit[0] == end.result:
+                        await hit[1].wait()
+                        data = hit[2][0] if hit[2] else None
             finally:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-            data: bytes | None = None
-            if isinstance(end, JobCompleted):
-                hit = early.get(end.result.name)
-                if hit is not None and hit[0] == end.result:
-                    await hit[1].wait()
-                    data = hit[2][0] if hit[2] else None
             tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         if not isinstance(end, JobCompleted):
             raise JobError(end)
         if data is None:

@@ -188,7 +188,7 @@ class Heartbeats:
 
     Keeps a long upstream call from being redelivered to another replica while this
     process is healthy; if the process dies, heartbeats stop and ``ack_wait`` redelivers.
-    One loop per actor instead of one task per message: holding a message costs a set
+    One loop per actor instead of one task per message: holding a message costs a dict
     insertion, whatever the number of attempts in flight.
     """
 

@@ -106,3 +106,23 @@ async def test_a_failed_job_raises_job_error_and_leaves_no_task_behind(bus: Bus)
         tg.start_soon(fail)
         with pytest.raises(JobError):
             await client.result(job_id, timeout=20)
+
+
+async def test_a_timeout_is_a_timeout_error_even_while_an_early_read_runs(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The reported blob is missing, so its early read is still retrying when the wait times out.
+    monkeypatch.setattr(blobs_mod, "READ_RETRIES", (0.5, 0.5))
+    client = Client(bus)
+    data = png(5)
+    job_id = "res-" + uuid.uuid4().hex[:12]
+
+    async def report() -> None:
+        await anyio.sleep(0.1)
+        ref = ref_for(data, bus.names.blob_bucket)
+        await bus.publish(AttemptSucceeded(job_id=job_id, attempt=1, provider="local", result=ref))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(report)
+        with pytest.raises(TimeoutError):
+            await client.result(job_id, timeout=0.4)
