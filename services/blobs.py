@@ -106,6 +106,7 @@ class BlobStore:
         self.max_bytes = bus.config.retention.max_blob_bytes
         self.max_age = bus.config.retention.blob_max_age
         self._nuid = NUID()
+        self._acks = _AckInbox(bus)
 
     # ---- public -------------------------------------------------------------
 
@@ -120,7 +121,7 @@ class BlobStore:
         chunk_size = self._chunk_size()
         hasher = _Hasher(threaded=size >= THREAD_HASH_BYTES)
         chunks = 0
-        acks = _Acks(self.bus, window=max(WINDOW_BYTES, chunk_size))
+        acks = _Acks(self._acks, window=max(WINDOW_BYTES, chunk_size))
         try:
             if size:
                 await acks.start()
@@ -408,28 +409,64 @@ class _NoDirectGet(Exception):
     """The bucket's stream does not answer direct gets."""
 
 
-class _Acks:
-    """Publishes chunks with replies on one wildcard inbox and tracks their stream acks."""
+class _AckInbox:
+    """One wildcard subscription per blob store for every put's chunk acknowledgements.
 
-    def __init__(self, bus: Bus, window: int) -> None:
+    A put registers its :class:`_Acks` under a fresh token; each chunk's reply subject is
+    ``<inbox>.<put>.<chunk>``. One subscription for the life of the store instead of a
+    subscribe and unsubscribe per put (two protocol messages and an interest change on the
+    server for every result a provider stores)."""
+
+    def __init__(self, bus: Bus) -> None:
         self.bus = bus
+        self.prefix = ""
+        self.puts: dict[str, _Acks] = {}
+        self._next = 0
+        self._sub: Any = None
+        self._lock = anyio.Lock()
+
+    async def register(self, acks: _Acks) -> str:
+        """Subscribe on first use; the reply subject prefix for ``acks``' chunks."""
+        if self._sub is None:
+            async with self._lock:
+                if self._sub is None:
+                    prefix = self.bus.nc.new_inbox()
+                    self._sub = await self.bus.nc.subscribe(prefix + ".*.*", cb=self._on_ack)
+                    self.prefix = prefix
+        self._next += 1
+        token = str(self._next)
+        self.puts[token] = acks
+        return f"{self.prefix}.{token}"
+
+    def unregister(self, subject_prefix: str) -> None:
+        self.puts.pop(subject_prefix.rpartition(".")[2], None)
+
+    async def _on_ack(self, msg: Msg) -> None:
+        _, put, chunk = msg.subject.rsplit(".", 2)
+        acks = self.puts.get(put)
+        if acks is not None:
+            acks.on_ack(chunk, msg)
+
+
+class _Acks:
+    """Publishes one put's chunks with reply subjects on the store's ack inbox and tracks their acks."""
+
+    def __init__(self, inbox: _AckInbox, window: int) -> None:
+        self.inbox = inbox
+        self.bus = inbox.bus
         self.window = window
-        self.inbox = ""
+        self.reply_prefix = ""
         self.sent = 0
         self.acked = 0
         self.outstanding = 0
         self.sizes: dict[str, int] = {}
         self.error = ""
         self._changed = anyio.Event()
-        self._sub: Any = None
 
     async def start(self) -> None:
-        nc = self.bus.nc
-        self.inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(self.inbox + ".*", cb=self._on_ack)
+        self.reply_prefix = await self.inbox.register(self)
 
-    async def _on_ack(self, msg: Msg) -> None:
-        token = msg.subject.rpartition(".")[2]
+    def on_ack(self, token: str, msg: Msg) -> None:
         size = self.sizes.pop(token, None)
         if size is None:
             return
@@ -445,7 +482,7 @@ class _Acks:
         self.sizes[token] = len(payload)
         self.outstanding += len(payload)
         self.sent += 1
-        await self.bus.nc.publish(subject, payload, reply=f"{self.inbox}.{token}")  # type: ignore[arg-type]
+        await self.bus.nc.publish(subject, payload, reply=f"{self.reply_prefix}.{token}")  # type: ignore[arg-type]
 
     async def wait_all(self, timeout: float) -> None:
         if self.sent:
@@ -462,12 +499,8 @@ class _Acks:
             raise BlobError(f"blob store did not acknowledge {self.sent - self.acked} of {self.sent} chunks")
 
     async def close(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
+        if self.reply_prefix:
+            self.inbox.unregister(self.reply_prefix)
 
 
 def _meta_subject(bucket: str, name: str) -> str:
