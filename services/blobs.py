@@ -28,7 +28,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -106,7 +106,7 @@ class BlobStore:
         self.max_bytes = bus.config.retention.max_blob_bytes
         self.max_age = bus.config.retention.blob_max_age
         self._nuid = NUID()
-        self._acks = _AckInbox(bus)
+        self._inbox = _Inbox(bus)
 
     # ---- public -------------------------------------------------------------
 
@@ -121,7 +121,7 @@ class BlobStore:
         chunk_size = self._chunk_size()
         hasher = _Hasher(threaded=size >= THREAD_HASH_BYTES)
         chunks = 0
-        acks = _Acks(self._acks, window=max(WINDOW_BYTES, chunk_size))
+        acks = _Acks(self._inbox, window=max(WINDOW_BYTES, chunk_size))
         try:
             if size:
                 await acks.start()
@@ -298,7 +298,7 @@ class BlobStore:
         failure: list[str] = []
         no_direct: list[bool] = []
 
-        async def on_msg(msg: Msg) -> None:
+        async def on_msg(_: str, msg: Msg) -> None:
             nonlocal received, next_seq, batch_done
             headers = msg.headers or {}
             status = headers.get("Status")
@@ -315,9 +315,7 @@ class BlobStore:
             received += len(data)
             next_seq = int(headers.get("Nats-Sequence", next_seq)) + 1
 
-        inbox = nc.new_inbox()
-        # Chunks may add up to far more than nats-py's default pending limit: disable it.
-        sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=0, pending_bytes_limit=0)
+        inbox = await self._inbox.register(on_msg)
         try:
             while received < info.size:
                 before = received
@@ -337,8 +335,7 @@ class BlobStore:
                 if received > info.size:
                     raise BlobError(f"blob {info.name} is corrupt (more bytes than its size)")
         finally:
-            with anyio.CancelScope(shield=True):
-                await sub.unsubscribe()
+            self._inbox.unregister(inbox)
         if _DIGEST_PREFIX + base64.urlsafe_b64encode(await hasher.digest()).decode() != info.digest:
             raise BlobError(f"blob {info.name} is corrupt (checksum mismatch)")
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -409,49 +406,53 @@ class _NoDirectGet(Exception):
     """The bucket's stream does not answer direct gets."""
 
 
-class _AckInbox:
-    """One wildcard subscription per blob store for every put's chunk acknowledgements.
+class _Inbox:
+    """One wildcard subscription per blob store for the replies of every put and get.
 
-    A put registers its :class:`_Acks` under a fresh token; each chunk's reply subject is
-    ``<inbox>.<put>.<chunk>``. One subscription for the life of the store instead of a
-    subscribe and unsubscribe per put (two protocol messages and an interest change on the
-    server for every result a provider stores)."""
+    A put (its chunks' acknowledgements) or a get (its batched direct-get answers)
+    registers a handler under a fresh token and uses ``<inbox>.<token>[.<n>]`` as reply
+    subjects. One subscription for the life of the store instead of a subscribe and an
+    unsubscribe per blob: two protocol messages and two interest changes on the server for
+    every result a provider stores and every result a client reads."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
         self.prefix = ""
-        self.puts: dict[str, _Acks] = {}
+        self.handlers: dict[str, Callable[[str, Msg], Awaitable[None]]] = {}
         self._next = 0
         self._sub: Any = None
         self._lock = anyio.Lock()
 
-    async def register(self, acks: _Acks) -> str:
-        """Subscribe on first use; the reply subject prefix for ``acks``' chunks."""
+    async def register(self, handler: Callable[[str, Msg], Awaitable[None]]) -> str:
+        """Subscribe on first use; the reply subject prefix whose messages go to ``handler(rest, msg)``."""
         if self._sub is None:
             async with self._lock:
                 if self._sub is None:
                     prefix = self.bus.nc.new_inbox()
-                    self._sub = await self.bus.nc.subscribe(prefix + ".*.*", cb=self._on_ack)
+                    # Chunks may add up to far more than nats-py's default pending limit: disable it.
+                    self._sub = await self.bus.nc.subscribe(
+                        prefix + ".>", cb=self._on_msg, pending_msgs_limit=0, pending_bytes_limit=0
+                    )
                     self.prefix = prefix
         self._next += 1
         token = str(self._next)
-        self.puts[token] = acks
+        self.handlers[token] = handler
         return f"{self.prefix}.{token}"
 
     def unregister(self, subject_prefix: str) -> None:
-        self.puts.pop(subject_prefix.rpartition(".")[2], None)
+        self.handlers.pop(subject_prefix.rpartition(".")[2], None)
 
-    async def _on_ack(self, msg: Msg) -> None:
-        _, put, chunk = msg.subject.rsplit(".", 2)
-        acks = self.puts.get(put)
-        if acks is not None:
-            acks.on_ack(chunk, msg)
+    async def _on_msg(self, msg: Msg) -> None:
+        token, _, rest = msg.subject[len(self.prefix) + 1 :].partition(".")
+        handler = self.handlers.get(token)
+        if handler is not None:
+            await handler(rest, msg)
 
 
 class _Acks:
     """Publishes one put's chunks with reply subjects on the store's ack inbox and tracks their acks."""
 
-    def __init__(self, inbox: _AckInbox, window: int) -> None:
+    def __init__(self, inbox: _Inbox, window: int) -> None:
         self.inbox = inbox
         self.bus = inbox.bus
         self.window = window
@@ -464,9 +465,9 @@ class _Acks:
         self._changed = anyio.Event()
 
     async def start(self) -> None:
-        self.reply_prefix = await self.inbox.register(self)
+        self.reply_prefix = await self.inbox.register(self.on_ack)
 
-    def on_ack(self, token: str, msg: Msg) -> None:
+    async def on_ack(self, token: str, msg: Msg) -> None:
         size = self.sizes.pop(token, None)
         if size is None:
             return

@@ -327,11 +327,12 @@ async def test_missing_blob_is_read_a_few_times_before_it_fails(bus: Bus) -> Non
     assert calls == len(blobs_mod.READ_RETRIES) + 1
 
 
-async def test_puts_share_one_ack_subscription(bus: Bus) -> None:
+async def test_puts_and_gets_share_one_reply_subscription(bus: Bus) -> None:
     store = BlobStore(bus)
-    await store.put(payload(10, seed=1))
+    await store.get(await store.put(payload(10, seed=1)))
     subscribed = bus.nc._sid  # nats-py counts every subscribe on the connection
     for i in range(5):
-        await store.put(payload(CHUNK_SIZE + 10, seed=100 + i))
-    assert bus.nc._sid == subscribed, "each put subscribed (and unsubscribed) an inbox of its own"
-    assert not store._acks.puts, "finished puts stay registered on the ack inbox"
+        data = payload(CHUNK_SIZE + 10, seed=100 + i)
+        assert await store.get(await store.put(data)) == data
+    assert bus.nc._sid == subscribed, "each put or get subscribed (and unsubscribed) an inbox of its own"
+    assert not store._inbox.handlers, "finished puts or gets stay registered on the inbox"
