@@ -25,6 +25,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.msg import Msg
@@ -61,7 +62,7 @@ async def ensure(url: str, prefix: str) -> None:
     await nc.close()
 
 
-async def _pull(nc: nats.NATS, prefix: str, durable: str, handle: object) -> None:
+async def _pull(nc: nats.NATS, prefix: str, durable: str, handle: Callable[[Msg], Awaitable[None]]) -> None:
     """Keep one large pull request open on ``durable`` and hand each message to ``handle``."""
     inbox = nc.new_inbox()
     queue: asyncio.Queue[Msg] = asyncio.Queue()
@@ -78,7 +79,7 @@ async def _pull(nc: nats.NATS, prefix: str, durable: str, handle: object) -> Non
         if msg.headers and msg.headers.get("Status") and not msg.data:
             await nc.publish(subject, request, reply=inbox)
             continue
-        await handle(msg)  # type: ignore[operator]
+        await handle(msg)
 
 
 async def relay(url: str, prefix: str) -> None:

@@ -25,13 +25,13 @@ from typing import Any
 
 import anyio
 import httpx
-import msgspec
 
 from bench._env import KEY, proc_status, reset_peak
 from bench._sharded import sharded_client
 from services.config import Config, config_from_dict
 from services.http import upstream_client
 from services.providers._common import b64decode_strict
+from services.providers._images_api import _LEAN as LEAN_REPLY
 
 
 async def jobs(config: Config, n: int, submitters: int, timeout: float) -> dict[str, Any]:
@@ -97,20 +97,12 @@ async def jobs(config: Config, n: int, submitters: int, timeout: float) -> dict[
         await bus.close()
 
 
-class _Item(msgspec.Struct):
-    b64_json: str
-
-
-class _Reply(msgspec.Struct):
-    data: list[_Item]
-
-
-_REPLY = msgspec.json.Decoder(_Reply)
-
-
 def decode_reply(body: bytes) -> bytes:
-    """The image of an Images API reply, decoded the way a provider does (msgspec + pybase64)."""
-    return b64decode_strict(_REPLY.decode(body).data[0].b64_json)
+    """The image of an Images API reply, decoded the way a provider does (its msgspec
+    decoder with ``b64_json`` as raw JSON, then pybase64 on the string's bytes)."""
+    reply = LEAN_REPLY.decode(body)
+    assert reply.data, "no data in the reply"
+    return b64decode_strict(memoryview(reply.data[0].b64_json)[1:-1])
 
 
 def _decode_plain(body: bytes) -> bytes:

@@ -20,7 +20,6 @@ the client's transport decides how bytes move:
 from __future__ import annotations
 
 import itertools
-import ssl
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
@@ -160,10 +159,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     provider cannot tell the transports apart. An HTTP(S) ``proxy`` is supported.
     """
 
-    def __init__(self, connections: int, *, proxy: str | None = None, verify: ssl.SSLContext | None = None) -> None:
+    def __init__(self, connections: int, *, proxy: str | None = None) -> None:
         self._connections = max(1, connections)
         self._proxy = proxy or None
-        self._ssl = verify or httpx.create_ssl_context()
+        # httpx's default context (certifi's CAs), so both transports trust the same servers.
+        self._ssl = httpx.create_ssl_context()
         self._session: aiohttp.ClientSession | None = None
 
     def _get_session(self) -> aiohttp.ClientSession:
