@@ -24,7 +24,7 @@ _DRAW = [a for a, ops in CAPABILITIES.items() if "draw" in ops]
 _EDIT = [a for a, ops in CAPABILITIES.items() if "edit" in ops]
 _VIDEO = [a for a, ops in CAPABILITIES.items() if "video" in ops]
 
-ADVANCED = frozenset({"retention", "policy", "actors", "network", "log", "data_dir", "max_cached_images"})
+ADVANCED = frozenset({"retention", "policy", "actors", "network", "limits", "log", "data_dir", "max_cached_images"})
 """Top-level keys shown folded ("more settings"): defaults suit almost everyone."""
 
 _LEAF: dict[str, tuple[str, str]] = {
@@ -97,6 +97,7 @@ _PATH: dict[str, tuple[str, str]] = {
     "policy": ("重试策略", "哪些失败原因在同一服务商上重试"),
     "actors": ("并发", ""),
     "network": ("网络", "下载上游返回的 URL 时的限制"),
+    "limits": ("请求上限", "单个任务的输入图片数量/大小、图片像素上限、每个客户端/用户同时进行的任务数"),
     "log": ("日志", ""),
     "data_dir": ("数据目录", "留空：AstrBot 的 data/plugin_data/<插件名>"),
     "max_cached_images": ("缓存图片数量", "超出后删除最旧的结果图片"),

@@ -13,7 +13,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -134,6 +134,10 @@ class NatsConfig(Block, kw_only=True):
     each user may subscribe only below its own, ``_INBOX_<user>``, so no actor reads another's replies."""
     replicas: int = 1
     """Replicas of the stream and buckets (3 on a JetStream cluster)."""
+    client_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "local"
+    """The name this process submits jobs under: a subject token (``<prefix>.job.<id>.requested.<client_id>``)
+    that the router counts admission limits by. With the shipped permissions a client's NATS user may
+    publish only under its own name (``bridge`` for the user ``aiimg-bridge``)."""
     name: str = "aiimg"
 
 
@@ -185,6 +189,22 @@ class NetworkConfig(Block, kw_only=True):
     """HTTP(S) proxy for upstream calls, e.g. ``http://127.0.0.1:7890`` (empty: none)."""
 
 
+class LimitsConfig(Block, kw_only=True):
+    """What one request may ask of the service. Over a limit: the job ends ``rejected`` /
+    ``bad_request`` at once, with a message naming the limit, before any upstream is called."""
+
+    max_inputs: int = 16
+    """Input images per job (references and the message's images together)."""
+    max_input_bytes: int = 64 * 1024 * 1024
+    """Total bytes of a job's input images."""
+    max_pixels: int = 8192 * 8192
+    """Largest image decoded anywhere (inputs, the local renderer, results): 64 MP."""
+    max_jobs_per_client: int = 256
+    """Jobs one client (one NATS identity, ``nats.client_id``) may have running at once."""
+    max_jobs_per_user: int = 8
+    """Jobs one end user (``origin.user`` of one client) may have running at once."""
+
+
 class LogConfig(Block, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -200,6 +220,7 @@ class Config(Block, kw_only=True):
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
     actors: ActorsConfig = msgspec.field(default_factory=ActorsConfig)
     network: NetworkConfig = msgspec.field(default_factory=NetworkConfig)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     data_dir: str = ""
     """Where the embedded nats-server keeps JetStream data; default ``$XDG_DATA_HOME/aiimg``."""
