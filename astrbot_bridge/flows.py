@@ -348,13 +348,13 @@ class Bridge:
             await send_text(sink, texts.REF_SAVED.format(n=len(saved)))
         elif request.action == "show":
             current = await refs.resolve(bot, self.data_dir)
-            if not current.images:
+            if not len(current):
                 await send_text(sink, texts.REF_NONE)
                 return
-            shown = current.images[:REF_SHOW_LIMIT]
+            shown = current.images[:REF_SHOW_LIMIT] or await refs.fetch(current.refs[:REF_SHOW_LIMIT])
             chain: list[Any] = [Comp.Image.fromBytes(b) for b in shown]
             source = {"webui": "webui", "store": "store"}.get(current.source, current.source)
-            chain.append(Comp.Plain(texts.REF_SHOWN.format(source=source, n=len(current.images), m=len(shown))))
+            chain.append(Comp.Plain(texts.REF_SHOWN.format(source=source, n=len(current), m=len(shown))))
             try:
                 await sink(MessageChain(chain))
             except Exception as exc:

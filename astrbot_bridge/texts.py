@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from messages import FailureSummary, JobCancelled, JobFailed, Reason
+from messages import FailureSummary, JobCancelled, JobFailed, JobRejected, Reason
 
 __all__ = (
     "ACK",
@@ -99,11 +99,15 @@ def _attempts(failures: list[FailureSummary]) -> str:
     return " → ".join(parts)
 
 
-def failure_text(op: str, end: JobFailed | JobCancelled) -> str:
+def failure_text(op: str, end: JobFailed | JobCancelled | JobRejected) -> str:
     """One short line: what failed, which providers were tried, and why."""
     head = FAILED_PREFIX.get(op, "生成失败")
     if isinstance(end, JobCancelled):
         return f"{head}：任务已取消" + (f"（{end.reason}）" if end.reason else "")
+    if isinstance(end, JobRejected):
+        if end.reason == "too_many_jobs":
+            return f"{head}：当前排队的任务太多，请稍后再试"
+        return f"{head}：请求无效（{_short(end.message)}）"
     if end.failures:
         return f"{head}：已尝试 {_attempts(end.failures)}"
     return f"{head}：{_short(end.message) or '没有可用的服务商'}"

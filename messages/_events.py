@@ -10,13 +10,14 @@ a new tag (``…v2``) rather than a new meaning for an old one.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated, TypeAlias
 
 import msgspec
 
 from ._blobs import BlobRef
-from ._types import JobId, Operation, ProviderAlias, Reason
+from ._types import JobId, Operation, ProviderAlias, Reason, RejectReason
 
 __all__ = (
     "AttemptDispatched",
@@ -29,12 +30,19 @@ __all__ = (
     "JobCompleted",
     "JobEvent",
     "JobFailed",
+    "JobRejected",
     "JobRequested",
     "TerminalEvent",
 )
 
 Prompt: TypeAlias = Annotated[str, msgspec.Meta(max_length=8000)]
 Text: TypeAlias = Annotated[str, msgspec.Meta(max_length=2000)]
+Short: TypeAlias = Annotated[str, msgspec.Meta(max_length=64)]
+AttemptNo: TypeAlias = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+Origin: TypeAlias = Annotated[
+    dict[Annotated[str, msgspec.Meta(max_length=64)], Annotated[str, msgspec.Meta(max_length=512)]],
+    msgspec.Meta(max_length=16),
+]
 
 
 def _now() -> float:
@@ -48,6 +56,14 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     at: float = msgspec.field(default_factory=_now)
     """Wall-clock time the event was written, seconds since the epoch."""
 
+    def __post_init__(self) -> None:
+        # JSON has no infinity or NaN: msgspec would write ``null`` and nobody could read the
+        # event back. Refuse them when an event is built, and when one is decoded (``1e400``).
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value}")
+
 
 class JobRequested(Event, frozen=True, kw_only=True, tag="job.requested.v1"):
     """A client asks for an image or a video. Written by the client; always the first event.
@@ -60,9 +76,9 @@ class JobRequested(Event, frozen=True, kw_only=True, tag="job.requested.v1"):
     op: Operation
     prompt: Prompt = ""
     inputs: list[BlobRef] = msgspec.field(default_factory=list)
-    backend: str = ""
-    output: str = ""
-    origin: dict[str, str] = msgspec.field(default_factory=dict)
+    backend: Short = ""
+    output: Short = ""
+    origin: Origin = msgspec.field(default_factory=dict)
     """Opaque requester metadata (bot id, chat, user); echoed, never interpreted."""
 
 
@@ -80,13 +96,13 @@ class AttemptDispatched(Event, frozen=True, kw_only=True, tag="attempt.dispatche
     timeout; ``not_before`` delays a retry (backoff or an upstream retry hint).
     """
 
-    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    attempt: AttemptNo
     provider: ProviderAlias
     op: Operation
     prompt: Prompt = ""
     inputs: list[BlobRef] = msgspec.field(default_factory=list)
-    output: str = ""
-    chain: list[str] = msgspec.field(default_factory=list)
+    output: Short = ""
+    chain: list[ProviderAlias] = msgspec.field(default_factory=list)
     """The whole provider chain planned for this job, for traces and for a restarted router."""
     deadline: float = 0.0
     not_before: float = 0.0
@@ -95,26 +111,26 @@ class AttemptDispatched(Event, frozen=True, kw_only=True, tag="attempt.dispatche
 class AttemptSucceeded(Event, frozen=True, kw_only=True, tag="attempt.succeeded.v1"):
     """The provider produced a result; bytes are in the blob store."""
 
-    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    attempt: AttemptNo
     provider: ProviderAlias
     result: BlobRef
-    source_url: str = ""
+    source_url: Annotated[str, msgspec.Meta(max_length=4096)] = ""
     """Where the upstream served the result from, when it gave a URL (videos are sent by URL)."""
-    elapsed_ms: int = 0
+    elapsed_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class AttemptFailed(Event, frozen=True, kw_only=True, tag="attempt.failed.v1"):
     """The attempt ended without a result. ``reason`` is typed; ``message`` is short and secret-free."""
 
-    attempt: Annotated[int, msgspec.Meta(ge=1)]
+    attempt: AttemptNo
     provider: ProviderAlias
     reason: Reason
     message: Text = ""
-    status: int = 0
+    status: Annotated[int, msgspec.Meta(ge=0, le=999)] = 0
     """Upstream HTTP status when there was one, else 0."""
-    retry_after: float = 0.0
+    retry_after: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     """Seconds the upstream asked us to wait (``Retry-After``, Gemini ``RetryInfo``), else 0."""
-    elapsed_ms: int = 0
+    elapsed_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class FailureSummary(msgspec.Struct, frozen=True, kw_only=True):
@@ -131,8 +147,8 @@ class JobCompleted(Event, frozen=True, kw_only=True, tag="job.completed.v1"):
 
     result: BlobRef
     provider: ProviderAlias
-    attempt: int
-    source_url: str = ""
+    attempt: AttemptNo
+    source_url: Annotated[str, msgspec.Meta(max_length=4096)] = ""
 
 
 class JobFailed(Event, frozen=True, kw_only=True, tag="job.failed.v1"):
@@ -148,6 +164,19 @@ class JobCancelled(Event, frozen=True, kw_only=True, tag="job.cancelled.v1"):
     reason: Text = ""
 
 
+class JobRejected(Event, frozen=True, kw_only=True, tag="job.rejected.v1"):
+    """Terminal: the router refused the request before any provider was called.
+
+    ``bad_request``: the request breaks a rule (too many or too large inputs, an input in a
+    bucket the client may not use, an unreadable size intent …); ``too_many_jobs``: the
+    client or its user already has as many jobs running as ``limits.*`` allow — try later.
+    ``message`` names the rule.
+    """
+
+    reason: RejectReason
+    message: Text = ""
+
+
 JobEvent: TypeAlias = (
     JobRequested
     | CancelRequested
@@ -157,7 +186,8 @@ JobEvent: TypeAlias = (
     | JobCompleted
     | JobFailed
     | JobCancelled
+    | JobRejected
 )
 """Everything that can appear in the job stream."""
 
-TerminalEvent: TypeAlias = JobCompleted | JobFailed | JobCancelled
+TerminalEvent: TypeAlias = JobCompleted | JobFailed | JobCancelled | JobRejected

@@ -1,27 +1,34 @@
-"""The one place that builds subject, stream and bucket names.
+"""The one place that builds and parses subject, stream, bucket and key names.
 
 Layout (prefix ``aiimg`` by default)::
 
-    aiimg.job.<job_id>.requested              JobRequested            (client)
-    aiimg.job.<job_id>.cancel                 CancelRequested         (client)
+    aiimg.job.<job_id>.requested.<client>     JobRequested            (client <client>)
+    aiimg.job.<job_id>.cancel.<client>        CancelRequested         (client <client>)
     aiimg.job.<job_id>.dispatch.<provider>    AttemptDispatched       (router; provider work item)
-    aiimg.job.<job_id>.attempt                AttemptSucceeded/Failed (provider, or router on timeout)
-    aiimg.job.<job_id>.done                   JobCompleted/Failed/Cancelled (router)
+    aiimg.job.<job_id>.attempt.<provider>     AttemptSucceeded/Failed (provider <provider>, or router on timeout)
+    aiimg.job.<job_id>.done                   JobCompleted/Failed/Cancelled/Rejected (router)
 
 All of them live in one stream (``AIIMG_JOBS``), so ``aiimg.job.<job_id>.>`` is a
 job's complete, ordered history, and ``aiimg.job.*.dispatch.<provider>`` is the
 provider's work queue (a durable consumer filtered on that subject).
+
+The last token of a ``requested``/``cancel``/``attempt`` subject names the writer. NATS
+permissions decide who may publish where (``deploy/permissions.py``), so that token is
+an identity the router can trust: a client may only submit under its own name, and a
+provider may only answer attempts as itself.
 """
 
 from __future__ import annotations
 
+import base64
 import re
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 __all__ = (
     "DEFAULT_PREFIX",
     "Kind",
     "Names",
+    "ParsedSubject",
     "subject",
 )
 
@@ -29,6 +36,9 @@ DEFAULT_PREFIX = "aiimg"
 """Subject prefix; change it to run several independent deployments on one NATS."""
 
 Kind: TypeAlias = Literal["requested", "cancel", "dispatch", "attempt", "done", "history"]
+
+WRITER_KINDS: frozenset[str] = frozenset({"requested", "cancel", "dispatch", "attempt"})
+"""Kinds whose subject ends in a writer token: the client (requested, cancel) or the provider."""
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _WILD = "*"
@@ -40,22 +50,34 @@ def _token(value: str, what: str) -> str:
     raise ValueError(f"invalid {what} for a subject token: {value!r}")
 
 
-def subject(kind: Kind, job_id: str = _WILD, provider: str = _WILD, *, prefix: str = DEFAULT_PREFIX) -> str:
-    """Build a job subject. ``job_id`` / ``provider`` default to ``*`` for consumer filters.
+def subject(kind: Kind, job_id: str = _WILD, token: str = _WILD, *, prefix: str = DEFAULT_PREFIX) -> str:
+    """Build a job subject. ``job_id`` / ``token`` default to ``*`` for consumer filters.
 
-    ``kind="history"`` gives ``<prefix>.job.<job_id>.>``, every event of one job (or all jobs).
+    ``token`` is the client (``requested``, ``cancel``) or the provider (``dispatch``,
+    ``attempt``); ``done`` and ``history`` have none. ``kind="history"`` gives
+    ``<prefix>.job.<job_id>.>``, every event of one job (or all jobs).
     """
     job = _token(job_id, "job id")
     base = f"{prefix}.job.{job}"
-    if kind == "dispatch":
-        return f"{base}.dispatch.{_token(provider, 'provider alias')}"
+    if kind in WRITER_KINDS:
+        what = "client id" if kind in ("requested", "cancel") else "provider alias"
+        return f"{base}.{kind}.{_token(token, what)}"
     if kind == "history":
         return f"{base}.>"
     return f"{base}.{kind}"
 
 
+class ParsedSubject(NamedTuple):
+    """A job subject taken apart: ``<prefix>.job.<job_id>.<kind>[.<token>]``."""
+
+    job_id: str
+    kind: str
+    token: str
+    """The client or provider the subject names; ``""`` for ``done``."""
+
+
 class Names:
-    """Stream, bucket and consumer names for one deployment prefix."""
+    """Stream, bucket, consumer and key names for one deployment prefix."""
 
     __slots__ = ("prefix",)
 
@@ -69,16 +91,19 @@ class Names:
         return self.prefix.upper().replace("-", "_")
 
     @property
+    def _low(self) -> str:
+        return self.prefix.replace("-", "_")
+
+    # ---- the job stream ------------------------------------------------------------
+
+    @property
     def jobs_stream(self) -> str:
         return f"{self._up}_JOBS"
 
     @property
-    def blob_bucket(self) -> str:
-        return f"{self.prefix.replace('-', '_')}_blobs"
-
-    @property
-    def kv_bucket(self) -> str:
-        return f"{self.prefix.replace('-', '_')}_state"
+    def jobs_subjects(self) -> str:
+        """The stream's subject filter: every job subject."""
+        return f"{self.prefix}.job.>"
 
     @property
     def router_consumer(self) -> str:
@@ -87,12 +112,70 @@ class Names:
     def provider_consumer(self, provider: str) -> str:
         return f"provider-{_token(provider, 'provider alias')}"
 
-    def subject(self, kind: Kind, job_id: str = _WILD, provider: str = _WILD) -> str:
-        return subject(kind, job_id, provider, prefix=self.prefix)
+    def subject(self, kind: Kind, job_id: str = _WILD, token: str = _WILD) -> str:
+        return subject(kind, job_id, token, prefix=self.prefix)
 
-    def job_id_of(self, subj: str) -> str:
-        """The job id token of a job subject (``<prefix>.job.<id>.…``)."""
+    def parse(self, subj: str) -> ParsedSubject:
+        """Take a job subject apart; ``ValueError`` if it is not one of the layout's subjects."""
         parts = subj.split(".")
         if len(parts) < 4 or parts[0] != self.prefix or parts[1] != "job":
             raise ValueError(f"not a job subject: {subj!r}")
-        return parts[2]
+        job_id, kind, rest = parts[2], parts[3], parts[4:]
+        if not _TOKEN.match(job_id):
+            raise ValueError(f"invalid job id in subject: {subj!r}")
+        if kind in WRITER_KINDS:
+            if len(rest) != 1 or not _TOKEN.match(rest[0]):
+                raise ValueError(f"{kind} subject without a writer token: {subj!r}")
+            return ParsedSubject(job_id, kind, rest[0])
+        if kind == "done" and not rest:
+            return ParsedSubject(job_id, kind, "")
+        raise ValueError(f"not a job subject: {subj!r}")
+
+    def job_id_of(self, subj: str) -> str:
+        """The job id token of a job subject (``<prefix>.job.<id>.…``)."""
+        return self.parse(subj).job_id
+
+    # ---- buckets -----------------------------------------------------------------------
+
+    @property
+    def blob_bucket(self) -> str:
+        """Results (images, videos): written by providers, read by everyone."""
+        return f"{self._low}_blobs"
+
+    def input_bucket(self, client: str) -> str:
+        """Input images of one client's jobs: written only by that client."""
+        return f"{self._low}_in_{_token(client, 'client id')}"
+
+    def refs_bucket(self, client: str) -> str:
+        """Selfie reference portraits of one client's bots (no TTL): written only by that client."""
+        return f"{self._low}_refs_{_token(client, 'client id')}"
+
+    @property
+    def legacy_refs_bucket(self) -> str:
+        """Where references lived before they were kept per client (read once, to migrate)."""
+        return f"{self._low}_selfie"
+
+    @property
+    def kv_bucket(self) -> str:
+        return f"{self._low}_state"
+
+    def selfie_key(self, client: str, bot: str) -> str:
+        """KV key of a bot's reference index, in its client's namespace ``selfie.<client>.<bot>``."""
+        return f"selfie.{_token(client, 'client id')}.{_safe_key_token(bot)}"
+
+    def legacy_selfie_key(self, bot: str) -> str:
+        return f"selfie.refs.{_safe_key_token(bot)}"
+
+    @staticmethod
+    def object_meta_subject(bucket: str, name: str) -> str:
+        """The standard object-store metadata subject of object ``name``."""
+        return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+
+    @staticmethod
+    def object_chunk_subject(bucket: str, nuid: str) -> str:
+        return f"$O.{bucket}.C.{nuid}"
+
+
+def _safe_key_token(value: str) -> str:
+    """Any text as one KV key token (platform bot ids may contain anything)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", value.strip() or "default")[:64]

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, TypeAlias
 
 import msgspec
 
-__all__ = ("FAILURE_REASONS", "JobId", "Operation", "ProviderAlias", "Reason")
+__all__ = ("FAILURE_REASONS", "REJECT_REASONS", "JobId", "Operation", "ProviderAlias", "Reason", "RejectReason")
 
 Operation: TypeAlias = Literal["draw", "edit", "selfie", "video"]
 """What a job asks for. ``selfie`` is an edit whose first inputs are reference portraits."""
@@ -37,6 +37,11 @@ FAILURE_REASONS: tuple[Reason, ...] = (
     "network",
     "invalid_response",
 )
+
+RejectReason: TypeAlias = Literal["bad_request", "too_many_jobs"]
+"""Why the router refused a request outright (``job.rejected.v1``)."""
+
+REJECT_REASONS: tuple[RejectReason, ...] = ("bad_request", "too_many_jobs")
 
 
 # Subject tokens must not contain ".", "*", ">" or whitespace; keep them to a portable set.

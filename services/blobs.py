@@ -36,19 +36,22 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import msgspec
+import structlog
 from nats.aio.msg import Msg
-from nats.errors import NoRespondersError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.errors import APIError, NotFoundError, ObjectNotFoundError
 from nats.nuid import NUID
 
-from messages import BlobRef
+from messages import BlobRef, Names
 
 from .bus import Bus
 from .errors import BlobError
 from .media import MediaInfo, sniff_mime
 
 __all__ = ("CHUNK_SIZE", "WINDOW_BYTES", "BlobStore")
+
+log = structlog.get_logger("aiimg.blobs")
 
 CHUNK_SIZE = 256 * 1024
 """Bytes per chunk message (capped by the server's ``max_payload``).
@@ -98,11 +101,19 @@ _encode = msgspec.json.Encoder().encode
 
 
 class BlobStore:
-    """Put and get blobs on ``bus``'s connection. Safe to share between concurrent tasks."""
+    """Put and get blobs on ``bus``'s connection. Safe to share between concurrent tasks.
 
-    def __init__(self, bus: Bus) -> None:
+    ``bucket`` is where :meth:`put` writes (default: the results bucket); :meth:`get`
+    reads the bucket each reference names. ``purge``: whether this store may drop the
+    chunks of an upload it abandons (a failure, or content already stored). Only a
+    bucket's sole owner may purge (a purge right covers the whole bucket); elsewhere such
+    chunks are left to the bucket's TTL, and a debug line says so.
+    """
+
+    def __init__(self, bus: Bus, bucket: str | None = None, *, purge: bool = True) -> None:
         self.bus = bus
-        self.bucket = bus.names.blob_bucket
+        self.bucket = bucket or bus.names.blob_bucket
+        self.purge = purge
         self.max_bytes = bus.config.retention.max_blob_bytes
         self.max_age = bus.config.retention.blob_max_age
         self._nuid = NUID()
@@ -117,7 +128,7 @@ class BlobStore:
             raise BlobError(f"blob of {size} bytes exceeds retention.max_blob_bytes={self.max_bytes}")
         bucket = self.bucket
         nuid = self._nuid.next().decode()
-        chunk_subject = f"$O.{bucket}.C.{nuid}"
+        chunk_subject = Names.object_chunk_subject(bucket, nuid)
         chunk_size = self._chunk_size()
         hasher = _Hasher(threaded=size >= THREAD_HASH_BYTES)
         chunks = 0
@@ -181,7 +192,7 @@ class BlobStore:
                     await self._purge(bucket, chunk_subject)
             raise
         if existing is not None and existing.nuid and existing.nuid != nuid and not existing.deleted:
-            await self._purge(bucket, f"$O.{bucket}.C.{existing.nuid}")
+            await self._purge(bucket, Names.object_chunk_subject(bucket, existing.nuid))
         return ref
 
     async def _write_meta(self, bucket: str, name: str, meta: dict[str, Any]) -> None:
@@ -289,7 +300,7 @@ class BlobStore:
         if info.chunks <= 0 or not info.nuid:
             raise BlobError(f"blob {info.name} is corrupt (no chunks)")
         nc = self.bus.nc
-        chunk_subject = f"$O.{bucket}.C.{info.nuid}"
+        chunk_subject = Names.object_chunk_subject(bucket, info.nuid)
         parts: list[bytes] = []
         hasher = _Hasher(threaded=info.size >= THREAD_HASH_BYTES)
         received = 0
@@ -353,11 +364,15 @@ class BlobStore:
         return data
 
     async def _purge(self, bucket: str, subject: str) -> None:
-        """Best effort: drop the chunks on ``subject`` (a failed or redundant upload)."""
+        """Drop the chunks on ``subject`` (a failed or redundant upload), where this store may."""
+        if not self.purge:
+            log.debug("blob_chunks_left_to_ttl", bucket=bucket, subject=subject)
+            return
         try:
             await self.bus.js.purge_stream(f"OBJ_{bucket}", subject=subject)
-        except Exception:
-            pass
+        except (NatsTimeoutError, NotFoundError, APIError, ConnectionClosedError) as exc:
+            # The chunks stay until the bucket's TTL (or forever in a bucket without one).
+            log.warning("blob_chunks_not_purged", bucket=bucket, subject=subject, error=f"{type(exc).__name__}: {exc}")
 
 
 class _Hasher:
@@ -504,8 +519,7 @@ class _Acks:
             self.inbox.unregister(self.reply_prefix)
 
 
-def _meta_subject(bucket: str, name: str) -> str:
-    return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+_meta_subject = Names.object_meta_subject
 
 
 def _digest_hex(digest: str) -> str:

@@ -12,10 +12,12 @@ Layout (names from :class:`messages.Names`):
 from __future__ import annotations
 
 import contextlib
+import json
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import structlog
@@ -26,13 +28,25 @@ from nats.js import api as js_api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from messages import Event, JobEvent, Names, decode_event, encode
-from messages._codec import DecodeError
+from messages import (
+    DecodeError,
+    Event,
+    JobEvent,
+    JobRequested,
+    Names,
+    decode_event,
+    encode,
+    event_subject,
+    placed,
+)
+from messages._subjects import Kind
 
 from .config import CAPABILITIES, Config, NatsConfig
+from .embedded import Credentials
 from .errors import BusError
+from .state import JobState, fold
 
-__all__ = ("MSG_ID", "Bus", "connect", "event_subject")
+__all__ = ("MSG_ID", "Bus", "JobLog", "Logged", "StaleView", "connect", "consumer_configs", "consumer_drift")
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -44,12 +58,17 @@ class StaleView(BusError):
     """Raised when an optimistic write finds the job has events the writer has not seen."""
 
 
-ROUTER_FILTERS = ("requested", "cancel", "attempt")
+ROUTER_FILTERS: tuple[Kind, ...] = ("requested", "cancel", "attempt")
 
 log = structlog.get_logger("aiimg.bus")
 
 INITIAL_CONNECT_ATTEMPTS = 2
 """Retries per server before the first connection fails (later reconnects never give up)."""
+
+CONSUMER_MAX_ACK_PENDING = 100_000
+CONSUMER_MAX_WAITING = 512
+"""Pull requests a consumer holds open at once (the server's default, set explicitly so a
+live value can be compared with it)."""
 
 
 def connect_options(cfg: NatsConfig) -> dict[str, Any]:
@@ -79,47 +98,102 @@ def connect_options(cfg: NatsConfig) -> dict[str, Any]:
     return opts
 
 
-def event_subject(names: Names, event: Event) -> str:
-    """The subject an event is stored on (see ``messages._subjects``)."""
-    from messages import (
-        AttemptDispatched,
-        AttemptFailed,
-        AttemptSucceeded,
-        CancelRequested,
-        JobRequested,
+class Logged(NamedTuple):
+    """One stored event of a job: its stream seq, the writer its subject names, the event."""
+
+    seq: int
+    writer: str
+    """The client (requests, cancels) or provider (dispatches, results) in the subject; ``""`` for ``done``."""
+    event: JobEvent
+
+
+@dataclass(frozen=True, slots=True)
+class JobLog:
+    """A job's stored history as read from the stream."""
+
+    entries: list[Logged]
+    last_seq: int
+    """Stream seq of the job's newest stored message, counting messages skipped as
+    undecodable or misplaced: the value ``Nats-Expected-Last-Subject-Sequence`` compares with."""
+
+    def folded(self, job_id: str) -> JobState:
+        return fold(job_id, ((e.writer, e.event) for e in self.entries))
+
+
+def consumer_configs(names: Names, config: Config) -> list[js_api.ConsumerConfig]:
+    """The durable consumers of the layout, exactly as the router creates (and repairs) them."""
+    router = js_api.ConsumerConfig(
+        name=names.router_consumer,
+        durable_name=names.router_consumer,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.ALL,
+        ack_wait=10.0,
+        max_deliver=-1,
+        max_ack_pending=CONSUMER_MAX_ACK_PENDING,
+        max_waiting=CONSUMER_MAX_WAITING,
+        filter_subjects=[names.subject(k) for k in ROUTER_FILTERS],
     )
+    providers = [
+        js_api.ConsumerConfig(
+            name=names.provider_consumer(alias),
+            durable_name=names.provider_consumer(alias),
+            ack_policy=js_api.AckPolicy.EXPLICIT,
+            deliver_policy=js_api.DeliverPolicy.ALL,
+            ack_wait=config.actors.ack_wait,
+            max_deliver=-1,
+            max_ack_pending=CONSUMER_MAX_ACK_PENDING,
+            max_waiting=CONSUMER_MAX_WAITING,
+            filter_subject=names.subject("dispatch", token=alias),
+        )
+        for alias in CAPABILITIES
+    ]
+    return [router, *providers]
 
-    if isinstance(event, JobRequested):
-        return names.subject("requested", event.job_id)
-    if isinstance(event, CancelRequested):
-        return names.subject("cancel", event.job_id)
-    if isinstance(event, AttemptDispatched):
-        return names.subject("dispatch", event.job_id, event.provider)
-    if isinstance(event, (AttemptSucceeded, AttemptFailed)):
-        return names.subject("attempt", event.job_id)
-    return names.subject("done", event.job_id)
+
+def _unset(key: str, value: Any) -> bool:
+    return value in (None, 0, "", False, [], {}, _ZERO_TIME) or (key == "priority_policy" and value == "none")
 
 
-def msg_id(event: Event) -> str:
-    """Deduplication id: one requested, one dispatch and one result per attempt, one terminal per job."""
-    from messages import (
-        AttemptDispatched,
-        AttemptFailed,
-        AttemptSucceeded,
-        CancelRequested,
-        JobRequested,
-    )
+def _filters(many: Any, one: Any) -> set[str]:
+    if isinstance(many, list) and many:
+        return {str(f) for f in many}
+    return {str(one)} if one else set()
 
-    j = event.job_id
-    if isinstance(event, JobRequested):
-        return f"{j}:requested"
-    if isinstance(event, CancelRequested):
-        return f"{j}:cancel"
-    if isinstance(event, AttemptDispatched):
-        return f"{j}:{event.attempt}:dispatch"
-    if isinstance(event, (AttemptSucceeded, AttemptFailed)):
-        return f"{j}:{event.attempt}:result"
-    return f"{j}:done"
+
+_IGNORED_CONSUMER_KEYS = frozenset({"name", "durable_name", "description", "metadata", "num_replicas"})
+"""Live consumer settings that do not change how work is delivered (``metadata`` holds the
+server's own ``_nats.*`` keys; replicas follow the stream)."""
+
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def consumer_drift(expected: js_api.ConsumerConfig, live: Mapping[str, Any]) -> list[str]:
+    """How a live consumer config (the server's JSON) differs from ``expected``; ``[]`` when it does not.
+
+    Every setting we choose must match, and every other setting must be unset — a paused
+    consumer, a ``headers_only`` one, an inactivity threshold that would delete it, a
+    ``max_batch`` of 1, a push ``deliver_subject``, a ``backoff`` list or a priority policy
+    all change how work flows, whoever set them.
+    """
+    # nats-py writes unset durations as 0: an unset setting is compared as "must be unset" below.
+    want = {k: v for k, v in expected.as_dict().items() if not _unset(k, v)}
+    for key in ("name", "durable_name", "filter_subject", "filter_subjects"):
+        want.pop(key, None)
+    filters = _filters(expected.filter_subjects, expected.filter_subject)
+    live_filters = _filters(live.get("filter_subjects"), live.get("filter_subject"))
+    drift: list[str] = []
+    if live_filters != filters:
+        drift.append(f"filter {sorted(live_filters)} (want {sorted(filters)})")
+    for key, value in want.items():
+        if live.get(key) != value:
+            drift.append(f"{key}={live.get(key)!r} (want {value!r})")
+    for key, value in live.items():
+        if key in want or key in _IGNORED_CONSUMER_KEYS or key in ("filter_subject", "filter_subjects"):
+            continue
+        if _unset(key, value):
+            continue
+        drift.append(f"{key}={value!r} (want unset)")
+    return drift
 
 
 @dataclass
@@ -184,22 +258,27 @@ class Bus:
         except NotFoundError:
             return f"stream {n.jobs_stream} missing"
         if (
-            list(c.subjects or []) != [f"{n.prefix}.job.>"]
+            list(c.subjects or []) != [n.jobs_subjects]
             or abs((c.max_age or 0.0) - cfg.retention.job_max_age) > 1e-3
             or (c.num_replicas or 1) != cfg.nats.replicas
             or not c.allow_direct
         ):
             return f"stream {n.jobs_stream} differs from this config (subjects, retention.job_max_age or nats.replicas)"
-        for durable in (n.router_consumer, *(n.provider_consumer(a) for a in CAPABILITIES)):
+        for consumer in consumer_configs(n, cfg):
+            assert consumer.name is not None
             try:
-                await self.js.consumer_info(n.jobs_stream, durable)
+                await self.js.consumer_info(n.jobs_stream, consumer.name)
             except NotFoundError:
-                return f"consumer {durable} missing"
+                return f"consumer {consumer.name} missing"
         for bucket_stream in (f"OBJ_{n.blob_bucket}", f"KV_{n.kv_bucket}"):
             try:
-                await self.js.stream_info(bucket_stream)
+                info = await self.js.stream_info(bucket_stream)
             except NotFoundError:
                 return f"bucket stream {bucket_stream} missing"
+            if bucket_stream.startswith("KV_") and not info.config.allow_direct:
+                # Reads must be direct gets: their subject names the key, so a client's
+                # permissions can limit it to its own keys (a STREAM.MSG.GET names none).
+                return f"bucket stream {bucket_stream} without direct gets"
         return ""
 
     async def _create_layout(self) -> None:
@@ -207,7 +286,7 @@ class Bus:
         cfg = self.config
         stream = js_api.StreamConfig(
             name=n.jobs_stream,
-            subjects=[f"{n.prefix}.job.>"],
+            subjects=[n.jobs_subjects],
             retention=js_api.RetentionPolicy.LIMITS,
             storage=js_api.StorageType.FILE,
             max_age=cfg.retention.job_max_age,
@@ -225,46 +304,108 @@ class Bus:
                 await self.js.update_stream(stream)
             else:
                 raise BusError(f"cannot create stream {n.jobs_stream}: {exc}") from exc
-
-        await self._ensure_consumer(
-            js_api.ConsumerConfig(
-                durable_name=n.router_consumer,
-                ack_policy=js_api.AckPolicy.EXPLICIT,
-                deliver_policy=js_api.DeliverPolicy.ALL,
-                ack_wait=10.0,
-                max_deliver=-1,
-                max_ack_pending=100_000,
-                filter_subjects=[n.subject(k) for k in ROUTER_FILTERS],  # type: ignore[arg-type]
-            )
-        )
-        for alias in CAPABILITIES:
-            await self._ensure_consumer(
-                js_api.ConsumerConfig(
-                    durable_name=n.provider_consumer(alias),
-                    ack_policy=js_api.AckPolicy.EXPLICIT,
-                    deliver_policy=js_api.DeliverPolicy.ALL,
-                    ack_wait=cfg.actors.ack_wait,
-                    max_deliver=-1,
-                    max_ack_pending=100_000,
-                    filter_subject=n.subject("dispatch", provider=alias),
-                )
-            )
-        with contextlib.suppress(APIError):
-            await self.js.create_object_store(
-                n.blob_bucket,
-                config=js_api.ObjectStoreConfig(ttl=cfg.retention.blob_max_age, replicas=cfg.nats.replicas),
-            )
-        with contextlib.suppress(APIError):
-            await self.js.create_key_value(
-                config=js_api.KeyValueConfig(bucket=n.kv_bucket, history=5, replicas=cfg.nats.replicas)
-            )
-
-    async def _ensure_consumer(self, config: js_api.ConsumerConfig) -> None:
+        for consumer in consumer_configs(n, cfg):
+            try:
+                await self.js.add_consumer(n.jobs_stream, consumer)
+            except APIError as exc:
+                # Exists with another config: check_consumers() (the router, at start and
+                # every minute) repairs it; creating must not fail the start.
+                log.warning("consumer_config_differs", consumer=consumer.name, error=str(exc))
+        await self.ensure_object_bucket(n.blob_bucket, ttl=cfg.retention.blob_max_age)
         try:
-            await self.js.add_consumer(self.names.jobs_stream, config)
+            await self.js.create_key_value(
+                config=js_api.KeyValueConfig(bucket=n.kv_bucket, history=5, replicas=cfg.nats.replicas, direct=True)
+            )
         except APIError as exc:
-            # 10148: exists with another config. Keep the live one (it holds delivery state).
-            log.warning("consumer_config_differs", consumer=config.durable_name, error=str(exc))
+            if exc.err_code != 10058:  # 10058: exists (with another config: kept)
+                raise BusError(f"cannot create bucket {n.kv_bucket}: {exc}") from exc
+            kv_stream = (await self.js.stream_info(f"KV_{n.kv_bucket}")).config
+            if not kv_stream.allow_direct:  # made by an earlier version
+                kv_stream.allow_direct = True
+                await self.js.update_stream(kv_stream)
+
+    async def ensure_object_bucket(self, bucket: str, *, ttl: float = 0.0) -> None:
+        """Create object bucket ``bucket`` unless it exists (``ttl`` 0: kept until deleted)."""
+        try:
+            await self.js.stream_info(f"OBJ_{bucket}")
+            return
+        except NotFoundError:
+            pass
+        try:
+            await self.js.create_object_store(
+                bucket,
+                config=js_api.ObjectStoreConfig(ttl=ttl or None, replicas=self.config.nats.replicas),
+            )
+        except APIError as exc:
+            if exc.err_code != 10058:  # created meanwhile by another process
+                raise BusError(f"cannot create bucket {bucket}: {exc}") from exc
+
+    async def check_consumers(self, *, repair: bool) -> dict[str, list[str]]:
+        """Compare every durable consumer with :func:`consumer_configs`; repair what differs.
+
+        Returns ``{consumer: [differences]}`` for the consumers that differed (before any
+        repair). A consumer is repaired by updating it in place (its delivery state is kept);
+        a setting the server cannot update (the ack or deliver policy, pull vs push) is
+        repaired by deleting the consumer and creating it again from its ack floor, so no
+        unacknowledged message is skipped (already acknowledged ones above the floor come
+        back, and every actor treats a redelivery as a no-op). Only the router may do this.
+        """
+        n = self.names
+        found: dict[str, list[str]] = {}
+        for expected in consumer_configs(n, self.config):
+            assert expected.name is not None
+            live = await self._consumer_info_raw(expected.name)
+            if live is None:
+                drift = ["missing"]
+            else:
+                drift = consumer_drift(expected, live.get("config", {}))
+            if not drift:
+                continue
+            found[expected.name] = drift
+            if not repair:
+                continue
+            if live is None:
+                await self.js.add_consumer(n.jobs_stream, expected)
+                log.error("consumer_recreated", consumer=expected.name, differences=drift)
+                continue
+            try:
+                await self.js.add_consumer(n.jobs_stream, expected)
+                log.error("consumer_config_repaired", consumer=expected.name, differences=drift)
+            except APIError as exc:
+                floor = int((live.get("ack_floor") or {}).get("stream_seq", 0) or 0)
+                await self.js.delete_consumer(n.jobs_stream, expected.name)
+                fresh = js_api.ConsumerConfig(
+                    **{
+                        **expected.__dict__,
+                        "deliver_policy": js_api.DeliverPolicy.BY_START_SEQUENCE,
+                        "opt_start_seq": floor + 1,
+                    }
+                )
+                await self.js.add_consumer(n.jobs_stream, fresh)
+                log.error(
+                    "consumer_recreated",
+                    consumer=expected.name,
+                    differences=drift,
+                    from_seq=floor + 1,
+                    update_refused=str(exc),
+                )
+        return found
+
+    async def _consumer_info_raw(self, name: str) -> dict[str, Any] | None:
+        """The server's JSON for consumer ``name`` (nats-py's model drops fields we must check)."""
+        try:
+            reply = await self.nc.request(f"$JS.API.CONSUMER.INFO.{self.names.jobs_stream}.{name}", b"", timeout=10.0)
+        except NatsTimeoutError:
+            raise BusError(f"no answer reading consumer {name}") from None
+        doc = json.loads(reply.data)
+        if not isinstance(doc, dict):
+            raise BusError(f"unreadable consumer info for {name}")
+        err = doc.get("error")
+        if isinstance(err, dict):
+            if err.get("err_code") == 10014:  # consumer not found
+                return None
+            raise BusError(f"cannot read consumer {name}: {err.get('description', err)}")
+        return doc
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
@@ -273,40 +414,45 @@ class Bus:
 
     # ---- events -------------------------------------------------------------
 
-    async def publish(self, event: Event) -> int:
-        """Append ``event`` to its job's history; returns the stream sequence.
+    async def publish(self, event: Event, *, client: str = "") -> int:
+        """Append ``event`` to its job's history; returns the stream sequence."""
+        return (await self.publish_checked(event, client=client))[0]
 
-        Deduplicated by ``Nats-Msg-Id`` (see :func:`msg_id`), so a retried publish of
-        the same logical event is stored once; the duplicate's ack names the original seq.
-        """
-        return (await self.publish_checked(event))[0]
-
-    async def publish_checked(self, event: Event, *, expect_last: int | None = None) -> tuple[int, bool]:
+    async def publish_checked(
+        self, event: Event, *, client: str = "", expect_last: int | None = None, msg_id: str = ""
+    ) -> tuple[int, bool]:
         """Like :meth:`publish`, also telling whether the server dropped it as a duplicate.
 
-        A ``JobRequested`` is only accepted as the first request of its job id
-        (``Nats-Expected-Last-Subject-Sequence: 0``), so reusing an old job id after the
-        dedupe window is refused instead of re-running a finished job.
+        Requests and cancels are written under ``client`` (default: ``NatsConfig.client()``). A
+        ``JobRequested`` is only accepted while its job has no event at all
+        (``Nats-Expected-Last-Subject-Sequence: 0`` over ``<prefix>.job.<id>.>``): a job id
+        is used once. The router also checks this itself, for clients that do not say so.
 
         ``expect_last`` is optimistic concurrency over the whole job: the write is accepted
         only if the job's newest event (any subject of ``<prefix>.job.<id>.>``) has that
         stream seq; otherwise :class:`StaleView` is raised and nothing is written.
-        """
-        from messages import JobRequested
 
-        headers = {MSG_ID: msg_id(event)}
+        ``msg_id`` (``Nats-Msg-Id``) makes a retried publish of the same write land once; give
+        the same unguessable value to each retry of one write (never a value derived from
+        the job id alone: any client could publish it first and have the real write dropped).
+        """
+        headers: dict[str, str] = {}
+        if msg_id:
+            headers[MSG_ID] = msg_id
         if isinstance(event, JobRequested):
-            headers[EXPECTED_LAST_SUBJECT_SEQ] = "0"
-        elif expect_last is not None:
+            expect_last = 0
+        if expect_last is not None:
             headers[EXPECTED_LAST_SUBJECT_SEQ] = str(expect_last)
             headers[EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = self.names.subject("history", event.job_id)
+        subject = event_subject(self.names, event, client or self.config.nats.client())
+        data = encode(event)
         try:
-            ack = await self.js.publish(
-                event_subject(self.names, event),
-                encode(event),
-                headers=headers,
-                stream=self.names.jobs_stream,
-            )
+            decode_event(data)
+        except DecodeError as exc:
+            # Never store what no reader can decode (a limit broken in code, not on the wire).
+            raise BusError(f"refusing to write an invalid {event.__struct_config__.tag}: {exc}") from None
+        try:
+            ack = await self.js.publish(subject, data, headers=headers or None, stream=self.names.jobs_stream)
         except APIError as exc:
             if exc.err_code == 10071 and isinstance(event, JobRequested):
                 raise BusError(f"job id {event.job_id} was already used") from None
@@ -316,22 +462,30 @@ class Bus:
         return int(ack.seq), bool(ack.duplicate)
 
     async def history(self, job_id: str) -> list[tuple[int, JobEvent]]:
-        """Every decodable event of ``job_id`` with its stream sequence, oldest first."""
-        return (await self.history_and_last(job_id))[0]
+        """Every event of ``job_id`` that is where it belongs, with its stream sequence, oldest first."""
+        return [(e.seq, e.event) for e in (await self.read_job(job_id)).entries]
 
     async def history_and_last(self, job_id: str) -> tuple[list[tuple[int, JobEvent]], int]:
-        """:meth:`history`, plus the stream seq of the job's newest stored message (0 if none),
-        counting messages that were skipped as undecodable or misplaced — the value the
-        server compares ``Nats-Expected-Last-Subject-Sequence`` against."""
-        out: list[tuple[int, JobEvent]] = []
+        """:meth:`history`, plus :attr:`JobLog.last_seq`."""
+        job = await self.read_job(job_id)
+        return [(e.seq, e.event) for e in job.entries], job.last_seq
+
+    async def read_job(self, job_id: str, *, after: int = 0) -> JobLog:
+        """The job's stored events after stream seq ``after`` (all by default), oldest first.
+
+        Messages that do not decode, or are not where their kind and writer say they belong
+        (a forged ``job.completed.v1`` on an attempt subject, a result that claims another
+        provider's attempt), are skipped with a warning: they are not part of the history.
+        """
+        out: list[Logged] = []
         subj = self.names.subject("history", job_id)
-        seq = 1
+        seq = after + 1
         last = 0
         while True:
             try:
                 raw = await self.js.get_msg(self.names.jobs_stream, seq=seq, subject=subj, next=True, direct=True)
             except NotFoundError:
-                return out, last
+                return JobLog(out, last)
             assert raw.seq is not None
             seq = raw.seq + 1
             last = raw.seq
@@ -340,12 +494,24 @@ class Bus:
             except DecodeError as exc:
                 log.warning("history_undecodable_event", job_id=job_id, seq=raw.seq, error=str(exc))
                 continue
-            if raw.subject and event_subject(self.names, event) != raw.subject:
-                # Stored where it does not belong (a forged terminal event on the attempt
-                # subject, say): not part of the job's history.
+            try:
+                where = self.names.parse(raw.subject or "")
+            except ValueError:
+                where = None
+            if where is None or not placed(where, event):
                 log.warning("history_misplaced_event", job_id=job_id, seq=raw.seq, subject=raw.subject)
                 continue
-            out.append((raw.seq, event))
+            out.append(Logged(raw.seq, where.token, event))
+
+    async def first_seq(self, job_id: str) -> int:
+        """Stream seq of the first stored message of ``job_id`` (any subject), 0 if it has none."""
+        try:
+            raw = await self.js.get_msg(
+                self.names.jobs_stream, seq=1, subject=self.names.subject("history", job_id), next=True, direct=True
+            )
+        except NotFoundError:
+            return 0
+        return int(raw.seq or 0)
 
 
 _READ_SIZE = 256 * 1024
@@ -365,13 +531,20 @@ def _widen_socket_reads() -> None:
         nats_client.DEFAULT_BUFFER_SIZE = _READ_SIZE
 
 
-async def connect(config: Config, url: str | None = None) -> Bus:
-    """Connect to ``url`` (or ``config.nats.url``) and return a :class:`Bus`. Does not create the layout."""
+async def connect(config: Config, url: str | None = None, *, credentials: Credentials | None = None) -> Bus:
+    """Connect to ``url`` (or ``config.nats.url``) and return a :class:`Bus`. Does not create the layout.
+
+    ``credentials`` (an embedded server's user and password) replace the configured ones.
+    """
     _widen_socket_reads()
     cfg = config.nats
     opts = connect_options(cfg)
     if url:
         opts["servers"] = [url]
+    if credentials is not None:
+        opts.pop("token", None)
+        opts["user"] = credentials.user
+        opts["password"] = credentials.password
     if not opts["servers"]:
         raise BusError("no NATS url: set nats.url, or use the embedded stack")
     seen: list[str] = []

@@ -20,6 +20,7 @@ from messages import (
     JobCompleted,
     JobEvent,
     JobFailed,
+    JobRejected,
     JobRequested,
     Operation,
 )
@@ -128,7 +129,7 @@ async def _submit_and_wait(client: Client, op: Operation, args: argparse.Namespa
     with anyio.fail_after(args.timeout):
         async for event in client.follow(job_id):
             _show(event, started)
-            if isinstance(event, (JobCompleted, JobFailed, JobCancelled)):
+            if isinstance(event, (JobCompleted, JobFailed, JobCancelled, JobRejected)):
                 end = event
                 break
     if isinstance(end, JobCompleted):
@@ -138,7 +139,7 @@ async def _submit_and_wait(client: Client, op: Operation, args: argparse.Namespa
         await out.write_bytes(data)
         print(str(out))
         return 0
-    if isinstance(end, (JobFailed, JobCancelled)):
+    if isinstance(end, (JobFailed, JobCancelled, JobRejected)):
         print(f"aiimg: {JobError(end)}", file=sys.stderr)
     return 1
 
@@ -178,20 +179,21 @@ def _show(event: JobEvent, started: float) -> None:
 
 async def _trace(config: Config, job_id: str) -> int:
     async with open_bus(config) as bus:
-        history = await bus.history(job_id)
-    if not history:
+        job = await bus.read_job(job_id)
+    if not job.entries:
         print(f"aiimg: no events for job {job_id} (unknown, or expired by retention)", file=sys.stderr)
         return 1
-    for line in format_trace([e for _, e in history]):
+    for line in format_trace([(e.writer, e.event) for e in job.entries]):
         print(line)
     return 0
 
 
-def format_trace(events: Sequence[JobEvent]) -> list[str]:
-    """One line per event: time, event, provider, reason/detail."""
+def format_trace(entries: Sequence[JobEvent | tuple[str, JobEvent]]) -> list[str]:
+    """One line per event: time, event, provider (or requesting client), reason/detail."""
+    pairs = [entry if isinstance(entry, tuple) else ("", entry) for entry in entries]
     lines = []
-    t0 = events[0].at if events else 0.0
-    for e in events:
+    t0 = pairs[0][1].at if pairs else 0.0
+    for writer, e in pairs:
         stamp = datetime.fromtimestamp(e.at, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
         rel = f"+{e.at - t0:.3f}s".rjust(9)
         tag = e.__struct_config__.tag
@@ -199,6 +201,7 @@ def format_trace(events: Sequence[JobEvent]) -> list[str]:
         detail = ""
         match e:
             case JobRequested():
+                provider = writer
                 detail = (
                     f"op={e.op} backend={e.backend or 'auto'} output={e.output or 'default'} prompt={e.prompt[:60]!r}"
                 )
@@ -216,6 +219,8 @@ def format_trace(events: Sequence[JobEvent]) -> list[str]:
                 detail = e.message + "".join(f" | {f.provider}: {f.reason}" for f in e.failures)
             case JobCancelled() | CancelRequested():
                 detail = e.reason
+            case JobRejected():
+                detail = f"reason={e.reason} {e.message}".rstrip()
         lines.append(f"{stamp} {rel}  {tag:<22} {provider:<14} {detail}".rstrip())
     return lines
 

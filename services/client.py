@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anyio
 from nats.aio.msg import Msg
-from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
 from messages import (
@@ -27,11 +26,12 @@ from messages import (
     Operation,
     TerminalEvent,
     decode_event,
+    placed,
 )
 from messages._codec import DecodeError
 
 from .blobs import BlobStore
-from .bus import Bus, event_subject
+from .bus import Bus
 from .errors import AiimgError, JobError, ProviderFailure
 from .media import inspect_image
 
@@ -44,9 +44,17 @@ def new_job_id() -> str:
 
 
 class Client:
+    """A client of the service under ``nats.client_id``: its inputs go to its own bucket, its
+    requests and cancels to subjects that name it (which its NATS user may publish to)."""
+
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
+        self.client_id = bus.config.nats.client()
         self.blobs = BlobStore(bus)
+        """Reads any blob (results, inputs); writes nothing."""
+        self.inputs = BlobStore(bus, bus.names.input_bucket(self.client_id))
+        """This client's input images (a bucket only it writes, expiring like results)."""
+        self._inputs_ready = False
 
     async def put_image(self, data: bytes) -> BlobRef:
         """Validate and store an input image; raise ``AiimgError`` with a clear message if unusable."""
@@ -54,7 +62,10 @@ class Client:
             info = inspect_image(data)
         except ProviderFailure as exc:
             raise AiimgError(f"input image rejected: {exc.message}") from None
-        return await self.blobs.put(data, info)
+        if not self._inputs_ready:
+            await self.bus.ensure_object_bucket(self.inputs.bucket, ttl=self.bus.config.retention.blob_max_age)
+            self._inputs_ready = True
+        return await self.inputs.put(data, info)
 
     async def submit(
         self,
@@ -68,7 +79,11 @@ class Client:
         origin: Mapping[str, str] | None = None,
         job_id: str | None = None,
     ) -> str:
-        """Store input images, write ``JobRequested``; return the job id. Idempotent per ``job_id``."""
+        """Store input images, write ``JobRequested``; return the job id.
+
+        A job id is used once: submitting an id that already has events raises
+        :class:`~services.errors.BusError` (``job id … was already used``).
+        """
         refs = list(inputs) + [await self.put_image(img) for img in images]
         if op in ("edit", "selfie") and not refs:
             raise AiimgError(f"{op} needs at least one input image")
@@ -82,39 +97,45 @@ class Client:
                 backend=backend,
                 output=output,
                 origin=dict(origin or {}),
-            )
+            ),
+            client=self.client_id,
         )
         return jid
 
     async def cancel(self, job_id: str, reason: str = "") -> None:
-        await self.bus.publish(CancelRequested(job_id=job_id, reason=reason))
+        """Ask the router to cancel ``job_id``; honoured only for jobs this client requested."""
+        await self.bus.publish(CancelRequested(job_id=job_id, reason=reason), client=self.client_id)
 
     async def follow(self, job_id: str, timeout: float | None = None) -> AsyncIterator[JobEvent]:
-        """Every event of the job from the start, live, until (and including) the terminal one."""
-        sub = await self.bus.js.subscribe(
-            self.bus.names.subject("history", job_id),
-            ordered_consumer=True,
-            deliver_policy=js_api.DeliverPolicy.ALL,
-        )
+        """Every event of the job from the start, in stream order, live, until (and including) the terminal one.
+
+        No consumer is created (a client's NATS user may not create consumers): the events are
+        read from the stream with direct gets, and a plain subscription to the job's subjects
+        only says when to read again. The server routes a message to live subscribers before
+        the stream has stored it, so a wake-up may find nothing new yet; the history is then
+        read again after a short quiet period (50 ms, doubling to 2 s).
+        """
+        sub = await self.bus.nc.subscribe(self.bus.names.subject("history", job_id))
         deadline = None if timeout is None else time.monotonic() + timeout
+        last = 0
+        quiet = 0.05
         try:
             while True:
-                wait = 5.0 if deadline is None else max(0.01, deadline - time.monotonic())
-                try:
-                    msg = await sub.next_msg(timeout=min(wait, 5.0))
-                except TimeoutError:
-                    if deadline is not None and time.monotonic() >= deadline:
-                        raise
-                    continue
-                try:
-                    event = decode_event(msg.data)
-                except DecodeError:
-                    continue
-                if event_subject(self.bus.names, event) != msg.subject:
-                    continue  # not where this event belongs (see Bus.history)
-                yield event
-                if event.__struct_config__.tag in _TERMINAL_TAGS:
-                    return
+                job = await self.bus.read_job(job_id, after=last)
+                last = max(last, job.last_seq)
+                for entry in job.entries:
+                    yield entry.event
+                    if entry.event.__struct_config__.tag in _TERMINAL_TAGS:
+                        return
+                quiet = 0.05 if job.entries else min(quiet * 2, 2.0)
+                wait = quiet if deadline is None else min(quiet, deadline - time.monotonic())
+                if wait <= 0:
+                    raise TimeoutError(f"job {job_id} did not finish in time")
+                with contextlib.suppress(TimeoutError):
+                    await sub.next_msg(timeout=wait)
+                    # Drain what else arrived: one read covers all of it.
+                    while sub.pending_msgs:
+                        await sub.next_msg(timeout=0.01)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -143,27 +164,40 @@ class Client:
                     except TimeoutError:
                         quiet = min(quiet * 2, 2.0)
                         continue
-                    end = self._terminal(msg.data, msg.subject)
-                    if end is not None:
-                        return end
+                    if self._terminal(msg.data, msg.subject) is not None:
+                        # Return the first stored terminal event, not whichever arrived live.
+                        end = await self._stored_terminal(subject)
+                        if end is None:
+                            end = self._terminal(msg.data, msg.subject)
+                        if end is not None:
+                            return end
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
     async def _stored_terminal(self, subject: str) -> TerminalEvent | None:
-        try:
-            raw = await self.bus.js.get_msg(self.bus.names.jobs_stream, subject=subject, direct=True)
-        except NotFoundError:
-            return None
-        return self._terminal(raw.data or b"", raw.subject or subject)
+        """The job's first stored terminal event (the one every reader agrees on), if any."""
+        seq = 1
+        while True:
+            try:
+                raw = await self.bus.js.get_msg(
+                    self.bus.names.jobs_stream, seq=seq, subject=subject, next=True, direct=True
+                )
+            except NotFoundError:
+                return None
+            end = self._terminal(raw.data or b"", raw.subject or subject)
+            if end is not None:
+                return end
+            seq = int(raw.seq or seq) + 1
 
     def _terminal(self, data: bytes, subject: str) -> TerminalEvent | None:
         try:
             event = decode_event(data)
-        except DecodeError:
+            where = self.bus.names.parse(subject)
+        except (DecodeError, ValueError):
             return None
-        if event_subject(self.bus.names, event) != subject or event.__struct_config__.tag not in _TERMINAL_TAGS:
-            return None  # not where a terminal event belongs (see Bus.history)
+        if not placed(where, event) or event.__struct_config__.tag not in _TERMINAL_TAGS:
+            return None  # not where a terminal event belongs (see Bus.read_job)
         return event  # type: ignore[return-value]
 
     async def result(self, job_id: str, timeout: float | None = None) -> tuple[JobCompleted, bytes]:
@@ -231,4 +265,4 @@ class Client:
         return data
 
 
-_TERMINAL_TAGS = frozenset({"job.completed.v1", "job.failed.v1", "job.cancelled.v1"})
+_TERMINAL_TAGS = frozenset({"job.completed.v1", "job.failed.v1", "job.cancelled.v1", "job.rejected.v1"})

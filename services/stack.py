@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,12 +19,12 @@ import structlog
 
 from .bus import Bus, connect
 from .config import Config, secret_values
-from .embedded import EmbeddedServer
+from .embedded import Credentials, EmbeddedServer, write_private
 from .logging import REDACTOR
 from .provider import Provider, ProviderActor, providers_for
 from .router import Router
 
-__all__ = ("Stack", "open_bus", "running_embedded_url")
+__all__ = ("Endpoint", "Stack", "open_bus", "running_embedded", "running_embedded_url")
 
 log = structlog.get_logger("aiimg.stack")
 
@@ -37,17 +38,39 @@ def _serve_file(config: Config) -> Path:
     return config.data_path() / "nats" / "serve.json"
 
 
-def running_embedded_url(config: Config) -> str | None:
-    """The URL of an embedded server that ``aiimg serve`` is running for this data dir, if any."""
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where an embedded server of this data dir listens, and the credentials it takes."""
+
+    url: str
+    credentials: Credentials | None = None
+
+
+def running_embedded(config: Config) -> Endpoint | None:
+    """The embedded server that ``aiimg serve`` runs for this data dir, if any.
+
+    ``serve.json`` (mode 0600) holds its URL and credentials: whoever may read the data
+    dir may use the service, nobody else.
+    """
     path = _serve_file(config)
     try:
         info = json.loads(path.read_text())
         pid = int(info["pid"])
         os.kill(pid, 0)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     url = info.get("url")
-    return url if isinstance(url, str) else None
+    if not isinstance(url, str):
+        return None
+    user, password = info.get("user"), info.get("password")
+    creds = Credentials(user, password) if isinstance(user, str) and isinstance(password, str) else None
+    return Endpoint(url, creds)
+
+
+def running_embedded_url(config: Config) -> str | None:
+    """The URL of an embedded server that ``aiimg serve`` is running for this data dir, if any."""
+    found = running_embedded(config)
+    return found.url if found else None
 
 
 @contextlib.asynccontextmanager
@@ -55,15 +78,21 @@ async def open_bus(config: Config, *, announce: bool = False) -> AsyncIterator[B
     """Connect to ``nats.url``; if empty, to a running embedded ``serve``; else start one here."""
     REDACTOR.register(secret_values(config))
     server: EmbeddedServer | None = None
-    url = config.nats.url or running_embedded_url(config)
-    if not url:
-        server = EmbeddedServer(config.data_path() / "nats")
+    endpoint = Endpoint(config.nats.url) if config.nats.url else running_embedded(config)
+    if endpoint is None:
+        server = EmbeddedServer(config.data_path() / "nats", auth=True)
         url = await anyio.to_thread.run_sync(server.start)
+        endpoint = Endpoint(url, server.credentials)
         log.info("embedded_nats_started", url=url, store=str(server.store_dir))
         if announce:
-            _serve_file(config).write_text(json.dumps({"url": url, "pid": os.getpid()}))
+            info = {"url": url, "pid": os.getpid()}
+            if server.credentials is not None:
+                info |= {"user": server.credentials.user, "password": server.credentials.password}
+            write_private(_serve_file(config), json.dumps(info))
+    if endpoint.credentials is not None:
+        REDACTOR.register([endpoint.credentials.password])
     try:
-        bus = await connect(config, url)
+        bus = await connect(config, endpoint.url, credentials=endpoint.credentials)
         bus.embedded_here = server is not None
         try:
             await bus.ensure_layout()

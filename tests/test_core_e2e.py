@@ -241,15 +241,17 @@ async def test_bad_messages_are_rejected_and_service_keeps_serving(bus: Bus) -> 
     with structlog.testing.capture_logs() as logs:
         async with stack(bus, [LocalProvider(bus.config)]):
             for subj in (
-                n.subject("requested", "badjob1"),
-                n.subject("attempt", "badjob2"),
-                n.subject("cancel", "badjob3"),
+                n.subject("requested", "badjob1", "local"),
+                n.subject("attempt", "badjob2", "local"),
+                n.subject("cancel", "badjob3", "local"),
                 n.subject("dispatch", "badjob4", "local"),
             ):
                 await bus.js.publish(subj, b"{not json")
-            await bus.js.publish(n.subject("requested", "badjob5"), b'{"type":"job.unknown.v9","job_id":"badjob5"}')
             await bus.js.publish(
-                n.subject("requested", "badjob6"), b'{"type":"job.requested.v1","job_id":"other","op":"draw"}'
+                n.subject("requested", "badjob5", "local"), b'{"type":"job.unknown.v9","job_id":"badjob5"}'
+            )
+            await bus.js.publish(
+                n.subject("requested", "badjob6", "local"), b'{"type":"job.requested.v1","job_id":"other","op":"draw"}'
             )
             client = Client(bus)
             end = await client.wait(await client.submit("draw", "still alive"), timeout=30)

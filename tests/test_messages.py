@@ -6,7 +6,17 @@ import msgspec
 import pytest
 
 import messages
-from messages import DecodeError, JobRequested, Names, decode_event, encode, subject
+from messages import (
+    AttemptFailed,
+    DecodeError,
+    JobRequested,
+    Names,
+    decode_event,
+    encode,
+    event_subject,
+    placed,
+    subject,
+)
 
 
 def test_every_event_has_an_explicit_versioned_tag() -> None:
@@ -45,15 +55,68 @@ def test_unknown_fields_are_ignored_for_evolution() -> None:
 
 
 def test_subjects_come_from_one_builder() -> None:
-    assert subject("requested", "j1") == "aiimg.job.j1.requested"
-    assert subject("dispatch", provider="grok") == "aiimg.job.*.dispatch.grok"
+    assert subject("requested", "j1", "bridge") == "aiimg.job.j1.requested.bridge"
+    assert subject("cancel", "j1", "bridge") == "aiimg.job.j1.cancel.bridge"
+    assert subject("attempt", "j1", "grok") == "aiimg.job.j1.attempt.grok"
+    assert subject("attempt", "j1") == "aiimg.job.j1.attempt.*"
+    assert subject("dispatch", token="grok") == "aiimg.job.*.dispatch.grok"
+    assert subject("done", "j1") == "aiimg.job.j1.done"
     assert subject("history", "j1") == "aiimg.job.j1.>"
     n = Names("t1")
     assert n.jobs_stream == "T1_JOBS" and n.job_id_of("t1.job.xyz.done") == "xyz"
+    assert n.parse("t1.job.xyz.attempt.grok") == ("xyz", "attempt", "grok")
+    assert n.input_bucket("bridge") == "t1_in_bridge" and n.refs_bucket("bridge") == "t1_refs_bridge"
+    assert n.selfie_key("bridge", "QQ:123") == "selfie.bridge.QQ_123"
     with pytest.raises(ValueError):
-        subject("requested", "bad.id")
+        subject("requested", "bad.id", "bridge")
     with pytest.raises(ValueError):
-        n.job_id_of("other.job.x.done")
+        subject("requested", "j1", "two.tokens")
+    for bad in (
+        "other.job.x.done",
+        "t1.job.x.requested",  # no writer token
+        "t1.job.x.attempt",
+        "t1.job.x.done.extra",
+        "t1.job.x.attempt.a.b",
+        "t1.job.a*b.done",
+        "t1.job.x.unknown.y",
+    ):
+        with pytest.raises(ValueError):
+            n.parse(bad)
+
+
+def test_an_event_is_placed_only_where_its_kind_and_writer_say() -> None:
+    n = Names()
+    ok = AttemptFailed(job_id="j", attempt=1, provider="grok", reason="timeout")
+    assert placed(n.parse(event_subject(n, ok)), ok)
+    assert not placed(n.parse("aiimg.job.j.attempt.local"), ok)  # another provider answering grok's attempt
+    assert not placed(n.parse("aiimg.job.j.done"), ok)
+    assert not placed(n.parse("aiimg.job.other.attempt.grok"), ok)
+    req = JobRequested(job_id="j", op="draw")
+    assert event_subject(n, req, "bridge") == "aiimg.job.j.requested.bridge"
+    assert placed(n.parse("aiimg.job.j.requested.anyclient"), req)
+    with pytest.raises(ValueError):
+        event_subject(n, req)  # requests are always written under a client
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type":"attempt.failed.v1","job_id":"j","attempt":1,"provider":"x","reason":"timeout","retry_after":1e400}',
+        b'{"type":"attempt.dispatched.v1","job_id":"j","attempt":1,"provider":"x","op":"draw","deadline":-1e999}',
+        b'{"type":"job.requested.v1","job_id":"j","op":"draw","at":1e309}',
+    ],
+)
+def test_non_finite_numbers_do_not_decode(raw: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_event(raw)
+
+
+def test_non_finite_numbers_cannot_be_built() -> None:
+    # msgspec would encode them as null, and no reader could decode the event again.
+    with pytest.raises(ValueError, match="finite"):
+        AttemptFailed(job_id="j", attempt=1, provider="x", reason="rate_limited", retry_after=float("inf"))
+    with pytest.raises(ValueError, match="finite"):
+        JobRequested(job_id="j", op="draw", at=float("nan"))
 
 
 def test_exports_are_sorted_and_importable() -> None:

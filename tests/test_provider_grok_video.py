@@ -15,7 +15,7 @@ import httpx
 import pytest
 import structlog
 
-from messages import AttemptDispatched, AttemptSucceeded, JobCompleted, JobFailed
+from messages import AttemptDispatched, AttemptSucceeded, JobCompleted, JobFailed, JobRejected
 from services import cli
 from services.bus import Bus, connect
 from services.cli import format_trace
@@ -489,13 +489,18 @@ async def test_video_job_end_to_end(nats_url: str, tmp_path: Path, fake: XaiVide
 
 
 @pytest.mark.anyio
-async def test_video_job_without_image_fails_as_bad_request(nats_url: str, tmp_path: Path, fake: XaiVideoFake) -> None:
+async def test_video_job_without_image_is_rejected_before_any_provider(
+    nats_url: str, tmp_path: Path, fake: XaiVideoFake
+) -> None:
     async with video_bus(nats_url, tmp_path, fake, max_retries=2) as bus:
         async with running(Stack(bus, providers=[GrokVideoProvider(bus.config)])):
             client = Client(bus)
-            end = await client.wait(await client.submit("video", "no picture"), timeout=30)
-    assert isinstance(end, JobFailed)
-    assert [(f.provider, f.reason) for f in end.failures] == [("grok_video", "bad_request")]
+            job = await client.submit("video", "no picture")
+            end = await client.wait(job, timeout=30)
+            events = [e for _, e in await bus.history(job)]
+    assert isinstance(end, JobRejected) and end.reason == "bad_request"
+    assert "needs at least one input image" in end.message
+    assert not any(isinstance(e, AttemptDispatched) for e in events)
     assert fake.api.requests == []
 
 

@@ -34,8 +34,8 @@ async def test_raw_nats_client_submits_and_receives_result(bus: Bus, nats_url: s
                 "prompt": "hello from a plain NATS client",
                 "output": "320x200",
             }
-            # A plain core-NATS publish: the job stream captures the subject.
-            await nc.publish(f"{prefix}.job.{job_id}.requested", json.dumps(request).encode())
+            # A plain core-NATS publish under a client name: the job stream captures the subject.
+            await nc.publish(f"{prefix}.job.{job_id}.requested.local", json.dumps(request).encode())
             msg = await done.next_msg(timeout=30)
             event = json.loads(msg.data)
             assert event["type"] == "job.completed.v1"

@@ -10,6 +10,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -170,23 +171,37 @@ def short(text: str, limit: int = 200) -> str:
     return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
+MAX_RETRY_AFTER = 86_400.0
+"""A retry hint longer than a day (``inf``, ``1e400``) is read as a day: finite, and far past any
+``policy.max_retry_after``, so the router moves on at once."""
+
+
+def _hint(seconds: float) -> float:
+    if math.isnan(seconds):
+        return 0.0
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float:
-    """Seconds from ``Retry-After`` (delta or HTTP date) or ``retry-after-ms``; 0 when absent."""
+    """Seconds from ``Retry-After`` (delta or HTTP date) or ``retry-after-ms``; 0 when absent.
+
+    Always a finite number in ``[0, MAX_RETRY_AFTER]``, whatever the header says.
+    """
     ms = headers.get("retry-after-ms")
     if ms:
         try:
-            return max(0.0, float(ms) / 1000)
+            return _hint(float(ms) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if not value:
         return 0.0
     try:
-        return max(0.0, float(value))
+        return _hint(float(value))
     except ValueError:
         try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
+            return _hint(parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError, OverflowError):
             return 0.0
 
 

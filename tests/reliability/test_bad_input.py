@@ -110,7 +110,7 @@ valid_events = st.one_of(
         attempt=st.integers(1, 50),
         provider=st.from_regex(r"\A[a-z0-9_]{1,32}\Z"),
         op=st.sampled_from(["draw", "edit", "selfie", "video"]),
-        chain=st.lists(st.text(max_size=10), max_size=4),
+        chain=st.lists(st.from_regex(r"\A[a-z0-9_]{1,32}\Z"), max_size=4),
         deadline=st.floats(0, 2e9),
     ),
     st.builds(
@@ -204,12 +204,20 @@ def _wrong_but_valid(names: Names) -> list[tuple[str, bytes]]:
     a, b = f"ghost-{uuid.uuid4().hex[:8]}", f"other-{uuid.uuid4().hex[:8]}"
     return [
         # the body names another job than the subject
-        (names.subject("requested", a), encode(JobRequested(job_id=b, op="draw", prompt="mismatch"))),
+        (names.subject("requested", a, "local"), encode(JobRequested(job_id=b, op="draw", prompt="mismatch"))),
         # a result and a cancel for a job that was never requested
-        (names.subject("attempt", a), encode(AttemptFailed(job_id=a, attempt=1, provider="local", reason="network"))),
-        (names.subject("cancel", a), encode(CancelRequested(job_id=a, reason="who?"))),
+        (
+            names.subject("attempt", a, "local"),
+            encode(AttemptFailed(job_id=a, attempt=1, provider="local", reason="network")),
+        ),
+        (names.subject("cancel", a, "local"), encode(CancelRequested(job_id=a, reason="who?"))),
         # a request published on the attempt subject, and a dispatch for another provider on local's queue
-        (names.subject("attempt", a), encode(JobRequested(job_id=a, op="draw"))),
+        (names.subject("attempt", a, "local"), encode(JobRequested(job_id=a, op="draw"))),
+        # a result that claims another provider's attempt
+        (
+            names.subject("attempt", a, "grok"),
+            encode(AttemptFailed(job_id=a, attempt=1, provider="local", reason="auth")),
+        ),
         (
             names.subject("dispatch", a, "local"),
             encode(AttemptDispatched(job_id=a, attempt=1, provider="grok", op="draw", deadline=4e9)),
@@ -225,11 +233,11 @@ async def test_junk_on_every_consumed_subject_is_terminated_once_and_nothing_cra
     for i, data in enumerate(payloads * 1):
         kind = kinds[i % len(kinds)]
         job = f"junk-{i}-{uuid.uuid4().hex[:6]}"
-        subject = names.subject(kind, job, "local") if kind == "dispatch" else names.subject(kind, job)
+        subject = names.subject(kind, job, "local")
         sent.append((subject, data))
     sent += _wrong_but_valid(names)
     # Raw bytes with odd subjects inside the stream's space (not job subjects of the right shape).
-    sent.append((f"{names.prefix}.job.x.y.z.requested", b"\xff\x00"))
+    sent.append((f"{names.prefix}.job.x.y.z.requested.local", b"\xff\x00"))
 
     with structlog.testing.capture_logs() as logs:
         async with running(Stack(bus, providers=[LocalProvider(bus.config)])) as stack:
@@ -280,12 +288,14 @@ async def test_an_event_on_a_subject_where_it_does_not_belong_is_ignored(bus: Bu
         provider = ScriptedProvider(bus.config, "local", succeeding(delay=1.0))
         async with running(Stack(bus, providers=[provider])):
             # A request on the attempt subject: refused, no job runs.
-            await bus.js.publish(names.subject("attempt", ghost), encode(JobRequested(job_id=ghost, op="draw")))
+            await bus.js.publish(
+                names.subject("attempt", ghost, "local"), encode(JobRequested(job_id=ghost, op="draw"))
+            )
             # A forged completion of a real job, on the attempt subject, while it runs.
             client = Client(bus)
             real = await client.submit("draw", "real job")
             forged = JobCompleted(job_id=real, result=fake_ref, provider="local", attempt=1)
-            await bus.js.publish(names.subject("attempt", real), encode(forged))
+            await bus.js.publish(names.subject("attempt", real, "local"), encode(forged))
             end = await client.wait(real, timeout=30)
     assert isinstance(end, JobCompleted) and end.result != fake_ref
     assert await bus.history(ghost) == []
