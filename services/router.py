@@ -71,6 +71,8 @@ CONSUMER_CHECK_INTERVAL = 60.0
 class _Entry:
     state: JobState
     last_seq: int
+    request_seq: int = 0
+    """Stream seq of the job's (first) request: any other request message is a duplicate."""
     timer_seq: int = 0
     """Stream seq of the message currently holding this job's durable timer."""
     timer_due: float = 0.0
@@ -149,9 +151,17 @@ class Admission:
 
 
 class Router:
-    def __init__(self, bus: Bus, *, concurrency: int | None = None, cache_size: int = 20_000) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        concurrency: int | None = None,
+        cache_size: int = 20_000,
+        consumer_check_interval: float = CONSUMER_CHECK_INTERVAL,
+    ) -> None:
         self.bus = bus
         self.config = bus.config
+        self.consumer_check_interval = consumer_check_interval
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._finished: OrderedDict[str, None] = OrderedDict()
         """Recently finished jobs: their leftover timer messages are acked without a replay."""
@@ -182,7 +192,7 @@ class Router:
 
     async def _watch_consumers(self) -> None:
         while True:
-            await anyio.sleep(CONSUMER_CHECK_INTERVAL)
+            await anyio.sleep(self.consumer_check_interval)
             try:
                 await self.bus.check_consumers(repair=True)
             except (BusError, OSError, TimeoutError) as exc:
@@ -226,6 +236,7 @@ class Router:
             # A stale timer, a late result or a reused job id of a job we finished: nothing to replay.
             self._finished.move_to_end(job_id)
             if isinstance(event, JobRequested) and msg.metadata.num_delivered == 1:
+                # (The first request's own timer comes back redelivered, never as a first delivery.)
                 log.warning("duplicate_request", client=writer, reason="job id already used; nothing runs")
             await msg.ack()
             return
@@ -237,11 +248,7 @@ class Router:
             log.warning("rejected_message", reason="event for a job that was never requested", **describe(msg))
             await msg.term()
             return
-        if (
-            isinstance(event, JobRequested)
-            and md.num_delivered == 1
-            and (state.request != event or state.client != writer)
-        ):
+        if isinstance(event, JobRequested) and seq != entry.request_seq:
             log.warning("duplicate_request", client=writer, reason="job id already used; nothing runs")
         if state.done:
             self.admission.release(job_id)
@@ -314,7 +321,7 @@ class Router:
                 # its whole history unless something was written since — which the first
                 # write checks (expect_last=seq) and then we replay the real history.
                 state = apply(JobState(job_id=job_id), event, writer)
-                return self._store(job_id, _Entry(state=state, last_seq=seq))
+                return self._store(job_id, _Entry(state=state, last_seq=seq, request_seq=seq))
             return await self._reload(job_id)
         self._cache.move_to_end(job_id)
         # Apply every incoming event, whatever its seq: our own writes may have moved past
@@ -332,6 +339,7 @@ class Router:
         entry = _Entry(
             state=job.folded(job_id),
             last_seq=job.last_seq,
+            request_seq=next((e.seq for e in job.entries if isinstance(e.event, JobRequested)), 0),
             timer_seq=old.timer_seq if old else 0,
             timer_due=old.timer_due if old else 0.0,
         )
