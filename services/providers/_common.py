@@ -26,6 +26,7 @@ from messages import Reason
 
 from ..config import NetworkConfig
 from ..errors import ProviderFailure
+from ..http import read_body
 from ..logging import redact
 
 __all__ = (
@@ -388,14 +389,8 @@ async def download(
                     raise ProviderFailure(
                         "invalid_response", f"{label}: {int(declared)} bytes exceeds the {limit}-byte cap"
                     )
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in resp.aiter_bytes():
-                    total += len(chunk)
-                    if total > limit:
-                        raise ProviderFailure("invalid_response", f"{label}: body exceeds the {limit}-byte cap")
-                    chunks.append(chunk)
-                return b"".join(chunks), current
+                # One buffer, decoded bytes counted (the transport inflates gzip in bounded steps).
+                return await read_body(resp, limit, label=label), current
         raise ProviderFailure("invalid_response", f"{label}: too many redirects")
 
 
