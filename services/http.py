@@ -23,12 +23,16 @@ client's transport decides how bytes move:
 from __future__ import annotations
 
 import io
+import ipaddress
 import itertools
+import socket
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import aiohttp
+import aiohttp.abc
+import anyio
 import httpx
 from httpx._client import USE_CLIENT_DEFAULT, UseClientDefault
 from httpx._types import AuthTypes
@@ -41,13 +45,21 @@ __all__ = (
     "ACCEPT_ENCODING",
     "DECODE_CHUNK",
     "SHARD",
+    "AddressGuard",
     "AiohttpTransport",
     "CappedTransport",
+    "DownloadClient",
+    "GuardedResolver",
+    "IPAddress",
+    "Resolve",
     "ShardedTransport",
     "UpstreamClient",
+    "address_allowed",
+    "download_client",
     "read_body",
     "response_cap",
     "send_read",
+    "system_resolve",
     "upstream_client",
 )
 
@@ -294,13 +306,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     httpx keeps everything above the wire — auth, cookies, redirects, timeouts taken from
     each request's ``timeout`` extension — and :class:`CappedTransport` above it decodes
-    content, so aiohttp's own cookie jar, decompression and redirects are off. Exceptions become httpx's (:func:`_mapped`), so a
-    provider cannot tell the transports apart. An HTTP(S) ``proxy`` is supported.
+    content, so aiohttp's own cookie jar, decompression and redirects are off. Exceptions
+    become httpx's (:func:`_mapped`), so a provider cannot tell the transports apart. An
+    HTTP(S) ``proxy`` is supported. ``resolver`` replaces aiohttp's DNS resolution (and its
+    DNS cache): the download client's :class:`GuardedResolver`.
     """
 
-    def __init__(self, connections: int, *, proxy: str | None = None) -> None:
+    def __init__(
+        self, connections: int, *, proxy: str | None = None, resolver: aiohttp.abc.AbstractResolver | None = None
+    ) -> None:
         self._connections = max(1, connections)
         self._proxy = proxy or None
+        self._resolver = resolver
         # httpx's default context (certifi's CAs), so both transports trust the same servers.
         self._ssl = httpx.create_ssl_context()
         self._session: aiohttp.ClientSession | None = None
@@ -309,7 +326,13 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         # Created on first use: an aiohttp session belongs to the running event loop.
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._connections, limit_per_host=0, ssl=self._ssl, keepalive_timeout=5.0
+                limit=self._connections,
+                limit_per_host=0,
+                ssl=self._ssl,
+                keepalive_timeout=5.0,
+                resolver=self._resolver,
+                # A guarding resolver checks the addresses of every new connection itself.
+                use_dns_cache=self._resolver is None,
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
@@ -426,3 +449,250 @@ async def send_read(http: httpx.AsyncClient, request: httpx.Request) -> httpx.Re
     response = await http.send(request, stream=True)
     await read_body(response)
     return response
+
+
+# ---- the download guard ---------------------------------------------------------------------------
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolve = Callable[[str], Awaitable[Sequence[str]]]
+"""A name → its addresses (``getaddrinfo``'s answers); raises ``OSError`` when it cannot."""
+
+_NOT_GLOBAL_V4 = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # shared address space (carrier NAT; cloud metadata such as 100.100.100.200)
+        "127.0.0.0/8",
+        "169.254.0.0/16",  # link-local (cloud metadata 169.254.169.254)
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and 255.255.255.255
+    )
+)
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+_NOT_GLOBAL_V6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "2001::/23",  # IETF protocol assignments, Teredo (IPv4 inside)
+        "2001:db8::/32",
+        "2002::/16",  # 6to4 (IPv4 inside)
+        "3fff::/20",  # documentation
+    )
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+"""The well-known NAT64 prefix: the address is its last 32 bits, in IPv4."""
+
+
+def address_allowed(ip: IPAddress) -> bool:
+    """Whether a download may connect to ``ip``: only globally reachable unicast addresses.
+
+    ``is_global`` alone is not enough: it calls multicast global, and before Python
+    3.12.4 / 3.11.10 also 192.0.0.0/24 and 6to4, so the IANA special-purpose ranges are
+    listed here too. IPv4 inside IPv6 is judged as the IPv4 address it reaches
+    (``::ffff:127.0.0.1``, NAT64 ``64:ff9b::7f00:1``); other IPv6 must be global unicast
+    (2000::/3), which leaves out ``::``, IPv4-compatible ``::a.b.c.d``, ULA, link-local,
+    site-local and multicast.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return address_allowed(ip.ipv4_mapped)
+        if ip in _NAT64:
+            return address_allowed(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        return ip in _GLOBAL_UNICAST_V6 and ip.is_global and not any(ip in net for net in _NOT_GLOBAL_V6)
+    return ip.is_global and not any(ip in net for net in _NOT_GLOBAL_V4)
+
+
+async def system_resolve(host: str) -> list[str]:
+    """The system resolver's addresses for ``host`` (``getaddrinfo``), each once."""
+    infos = await anyio.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+_NUMERIC = frozenset("0123456789abcdefxABCDEFX.")
+
+
+def _literal(host: str) -> IPAddress | None:
+    """The address ``host`` spells, if it spells one — including the forms ``inet_aton`` and
+    so ``getaddrinfo`` accept (``2130706433``, ``0x7f.1``, ``127.1``, ``0177.0.0.1``)."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host[:1].isdigit() and set(host) <= _NUMERIC:
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def _local_name(name: str) -> bool:
+    return name in ("localhost", "localhost.localdomain") or name.endswith(".localhost")
+
+
+def _refused(what: str) -> ProviderFailure:
+    return ProviderFailure("invalid_response", f"refusing a private address: {what}")
+
+
+class AddressGuard:
+    """Decides which addresses a download may connect to, and resolves names for the connector.
+
+    ``resolve`` looks names up (default: :func:`system_resolve`); ``allowed`` judges one
+    address (default: :func:`address_allowed`). Both are parameters so tests can answer
+    for DNS (a rebinding name) and call one loopback address public.
+    """
+
+    def __init__(self, resolve: Resolve | None = None, allowed: Callable[[IPAddress], bool] = address_allowed) -> None:
+        self._resolve: Resolve = resolve or system_resolve
+        self._allowed = allowed
+
+    def check_literal(self, host: str) -> bool:
+        """For an address (in any spelling) or a ``localhost`` name: refuse it or return True.
+        For any other name: False, the name must be resolved (:meth:`addresses`)."""
+        name = host.strip("[]").rstrip(".").lower()
+        if not name or _local_name(name):
+            raise _refused(f"{host[:80]} is a local name")
+        ip = _literal(name)
+        if ip is None:
+            return False
+        if not self._allowed(ip):
+            raise _refused(str(ip))
+        return True
+
+    async def addresses(self, host: str) -> list[str]:
+        """The addresses to connect to for ``host``, every one of them checked; refuses otherwise.
+
+        A name that does not resolve is refused (``network``): fail closed.
+        """
+        name = host.strip("[]").rstrip(".").lower()
+        if self.check_literal(name):
+            ip = _literal(name)
+            return [str(ip)]
+        shown = name[:80]
+        try:
+            answers = list(await self._resolve(name))
+        except OSError as exc:
+            raise ProviderFailure("network", f"cannot resolve {shown} ({type(exc).__name__}); not fetched") from None
+        if not answers:
+            raise ProviderFailure("network", f"cannot resolve {shown} (no address); not fetched")
+        out: list[str] = []
+        for answer in answers:
+            try:
+                ip = ipaddress.ip_address(answer)
+            except ValueError:
+                raise _refused(f"{shown} resolves to {answer[:60]!r}, not an address") from None
+            if not self._allowed(ip):
+                raise _refused(f"{shown} resolves to {ip}")
+            out.append(str(ip))
+        return out
+
+
+class GuardedResolver(aiohttp.abc.AbstractResolver):
+    """aiohttp's resolver for the download client: resolves each new connection's name once,
+    through :meth:`AddressGuard.addresses`, and hands the connector exactly the addresses that
+    were checked — so a name cannot answer a public address to a check and a private one to
+    the connect (DNS rebinding)."""
+
+    def __init__(self, guard: AddressGuard) -> None:
+        self._guard = guard
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        out: list[aiohttp.abc.ResolveResult] = []
+        for address in await self._guard.addresses(host):
+            kind = socket.AF_INET6 if ":" in address else socket.AF_INET
+            if family in (socket.AF_UNSPEC, kind):
+                out.append(
+                    aiohttp.abc.ResolveResult(
+                        hostname=host,
+                        host=address,
+                        port=port,
+                        family=kind,
+                        proto=0,
+                        flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+                    )
+                )
+        if not out:
+            raise ProviderFailure("network", f"cannot resolve {host[:80]} (no address of the wanted family)")
+        return out
+
+    async def close(self) -> None:
+        pass
+
+
+class _GuardedTransport(httpx.AsyncBaseTransport):
+    """Checks each request's host before ``inner`` connects.
+
+    Addresses and local names are judged here (aiohttp connects to an address without
+    asking its resolver). Names are judged by the connector's :class:`GuardedResolver`
+    (``pinned``), or here when a proxy resolves them instead (not pinned: the proxy
+    connects to whatever the name resolves to by then).
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, guard: AddressGuard, *, pinned: bool) -> None:
+        self._inner = inner
+        self._guard = guard
+        self._pinned = pinned
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if not self._guard.check_literal(host) and not self._pinned:
+            await self._guard.addresses(host)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class DownloadClient(UpstreamClient):
+    """The client for URLs that upstream replies and chat messages name (``_common.download``).
+
+    Unlike the API client (:func:`upstream_client`), whose base URLs are configured and may
+    be LAN gateways, it refuses every address that is not public (``guarded``), unless
+    ``network.allow_private_downloads`` is set. Built by :func:`download_client` only.
+    """
+
+    def __init__(self, *, guarded: bool, transport: httpx.AsyncBaseTransport) -> None:
+        super().__init__(
+            headers={"Accept-Encoding": ACCEPT_ENCODING},
+            timeout=httpx.Timeout(30.0, read=300.0),
+            follow_redirects=False,
+            trust_env=False,
+            transport=transport,
+        )
+        self.guarded = guarded
+
+
+def download_client(config: Config, concurrency: int, *, guard: AddressGuard | None = None) -> DownloadClient:
+    """The download client of a provider actor (or the chat bridge) with ``concurrency`` downloads at once.
+
+    With the guard on (``network.allow_private_downloads = false``, the default) every
+    connection's host is resolved once by a :class:`GuardedResolver` and the connection
+    goes to those checked addresses. Behind ``network.proxy`` the proxy resolves the name:
+    the name is checked here, and pinning its address is the proxy's job. ``guard``
+    replaces the default :class:`AddressGuard` (tests: an injected resolver).
+    Bodies are capped and decoded as the API client's (:class:`CappedTransport`).
+    """
+    net = config.network
+    proxy = net.proxy or None
+    active = None if net.allow_private_downloads else (guard or AddressGuard())
+    transport: httpx.AsyncBaseTransport
+    if proxy and proxy.lower().startswith("socks"):
+        transport = ShardedTransport(max(concurrency, 1), proxy=proxy)
+    elif proxy:
+        transport = AiohttpTransport(max(concurrency, 1), proxy=proxy)
+    else:
+        resolver = GuardedResolver(active) if active is not None else None
+        transport = AiohttpTransport(max(concurrency, 1), resolver=resolver)
+    if active is not None:
+        transport = _GuardedTransport(transport, active, pinned=proxy is None)
+    return DownloadClient(guarded=active is not None, transport=CappedTransport(transport, response_cap(config)))
