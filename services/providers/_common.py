@@ -24,7 +24,7 @@ import pybase64
 from messages import Reason
 
 from ..config import NetworkConfig
-from ..errors import ProviderFailure
+from ..errors import ConfigError, ProviderFailure
 from ..http import DownloadClient, read_body
 from ..logging import redact
 
@@ -350,6 +350,12 @@ async def download(
     that does not resolve), ``timeout``, ``invalid_response`` (too large, bad scheme, a
     private address).
     """
+    if not (isinstance(http, DownloadClient) and http.guarded) and not net.allow_private_downloads:
+        # Only the download client checks addresses; a caller mypy does not see (the bridge) could pass another.
+        raise ConfigError(
+            "download() needs the guarded download client (services.http.download_client) "
+            "unless network.allow_private_downloads is true"
+        )
     limit = max_bytes or net.download_max_bytes
     current = url
     origin = _origin(url)

@@ -35,7 +35,7 @@ def _status_kib(field: str) -> int:
 async def measure(mode: str, url: str, max_blob: int, warm_url: str) -> dict[str, object]:
     from services.config import config_from_dict
     from services.errors import ProviderFailure
-    from services.http import response_cap, send_read, upstream_client
+    from services.http import download_client, response_cap, send_read, upstream_client
     from services.providers._common import download
 
     probe = config_from_dict({"retention": {"max_blob_bytes": max_blob}})
@@ -46,7 +46,7 @@ async def measure(mode: str, url: str, max_blob: int, warm_url: str) -> dict[str
             "network": {"allow_private_downloads": True, "download_max_bytes": cap, "download_timeout": 120.0},
         }
     )
-    async with upstream_client(config, 4) as http, upstream_client(config, 4) as downloads:
+    async with upstream_client(config, 4) as http, download_client(config, 4) as downloads:
         # Every code path once with small bodies: imports, pools and first-use allocations
         # are in the baseline, not in the figure.
         for warm in (warm_url, warm_url + "-gzip"):

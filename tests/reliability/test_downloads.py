@@ -36,7 +36,7 @@ from messages import AttemptFailed, JobFailed
 from services.bus import connect
 from services.client import Client
 from services.config import Config, NetworkConfig, config_from_dict
-from services.errors import ProviderFailure
+from services.errors import ConfigError, ProviderFailure
 from services.http import AddressGuard, DownloadClient, IPAddress, address_allowed, download_client
 from services.providers._common import download
 from services.providers.openai_compat import OpenAICompatProvider
@@ -488,6 +488,22 @@ async def test_the_api_client_is_not_guarded_but_the_download_client_is(server: 
         with pytest.raises(ProviderFailure):
             await download(downloads, f"{server.url}/ok", config.network)
     assert [r.path for r in server.requests] == ["/ok"]
+
+
+async def test_a_client_without_the_guard_is_refused_unless_private_downloads_are_allowed(
+    server: FakeUpstream,
+) -> None:
+    """download() trusts its client to check addresses; a caller that is not type-checked
+    (the AstrBot bridge) handing it another client is stopped before any request."""
+    from services.http import upstream_client
+
+    async with upstream_client(_config(), 2) as api:
+        with pytest.raises(ConfigError):
+            await download(api, f"{server.url}/ok", _net(allow_private_downloads=False))  # type: ignore[arg-type]
+    async with download_client(_config(allow_private_downloads=True), 2) as open_client:
+        with pytest.raises(ConfigError):
+            await download(open_client, f"{server.url}/ok", _net(allow_private_downloads=False))
+    assert server.requests == []
 
 
 def test_the_guard_is_the_clients() -> None:
