@@ -10,13 +10,15 @@ against a loopback server here, and reports its peak RSS growth; the figures are
 * every bomb (gzip, deflate, ``gzip, gzip``, through ``get``, ``send_read`` and
   ``download``) ends as ``invalid_response`` and costs at most ``K`` × cap;
 * a plain body of exactly the cap (declared length or not) and a gzip body inflating to
-  exactly the cap are read whole and cost at most ``K`` × cap.
+  exactly the cap are read whole and cost at most ``K`` × cap;
+* a legitimate gzip answer (and a gzip-served image) still completes a job end to end.
 
 ``K`` is the bound ``docs/operations.md`` states for reading one answer.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import struct
@@ -28,10 +30,16 @@ from pathlib import Path
 
 import pytest
 
+from services.bus import connect
+from services.client import Client
 from services.config import config_from_dict
 from services.http import response_cap
+from services.providers.openai_compat import OpenAICompatProvider
+from services.stack import Stack, running
 
-from ..fakes.server import FakeUpstream, Reply
+from ..conftest import make_config
+from ..fakes.server import FakeUpstream, Reply, Request
+from ..helpers import png
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -155,3 +163,45 @@ def test_a_body_at_the_cap_is_read_whole_for_about_the_cap(server: FakeUpstream,
     result = _measure(server, mode, path)
     assert result["outcome"] == f"ok {CAP}", result
     assert float(result["factor"]) <= K, result  # type: ignore[arg-type]
+
+
+@pytest.mark.anyio
+async def test_gzip_answers_and_gzip_images_still_work_end_to_end(nats_url: str, tmp_path: Path) -> None:
+    """A real provider in a real actor: a gzip JSON answer (b64_json) and a gzip-served image URL
+    are decoded once, by the capped transport, and the jobs complete with the exact image."""
+    image = png(80, 60, (3, 140, 200))
+    with FakeUpstream() as up:
+        answers = {
+            "inline": {"created": 1, "data": [{"b64_json": base64.b64encode(image).decode()}]},
+            "by-url": {"created": 1, "data": [{"url": f"{up.url}/files/out.png"}]},
+        }
+
+        def generate(req: Request) -> Reply:
+            body = json.dumps(answers[req.json()["prompt"]]).encode()
+            return Reply(200, gzip.compress(body), {"content-type": "application/json", "content-encoding": "gzip"})
+
+        up.route("POST", r"/v1/images/generations", generate)
+        up.route(
+            "GET",
+            r"/files/out.png",
+            lambda r: Reply(200, gzip.compress(image), {"content-type": "image/png", "content-encoding": "gzip"}),
+        )
+        block = {"base_url": up.url, "api_keys": ["sk-test-1"], "model": "gpt-image-1", "max_retries": 0}
+        config = make_config(
+            nats_url,
+            tmp_path,
+            draw={"provider": "openai_compat", "openai_compat": block},
+            network={"allow_private_downloads": True},
+        )
+        bus = await connect(config)
+        await bus.ensure_layout()
+        try:
+            async with running(Stack(bus, providers=[OpenAICompatProvider(config)])):
+                client = Client(bus)
+                for prompt in answers:
+                    _, data = await client.result(await client.submit("draw", prompt), timeout=30)
+                    assert data == image, prompt
+        finally:
+            await bus.close()
+    assert {r.headers.get("accept-encoding") for r in up.requests} == {"gzip, deflate"}
+    assert [r.path for r in up.requests] == ["/v1/images/generations", "/v1/images/generations", "/files/out.png"]
