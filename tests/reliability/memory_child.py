@@ -37,6 +37,8 @@ async def measure(mode: str, url: str, max_blob: int, warm_url: str) -> dict[str
     from services.errors import ProviderFailure
     from services.http import download_client, response_cap, send_read, upstream_client
     from services.providers._common import download
+    from services.providers.openai_compat import OpenAICompatProvider
+    from tests.fakes.attempt import attempt_context
 
     probe = config_from_dict({"retention": {"max_blob_bytes": max_blob}})
     cap = response_cap(probe)
@@ -44,6 +46,9 @@ async def measure(mode: str, url: str, max_blob: int, warm_url: str) -> dict[str
         {
             "retention": {"max_blob_bytes": max_blob},
             "network": {"allow_private_downloads": True, "download_max_bytes": cap, "download_timeout": 120.0},
+            "draw": {
+                "openai_compat": {"base_url": url.rsplit("/", 1)[0], "api_keys": ["sk-test-1"], "model": "gpt-image-1"}
+            },
         }
     )
     async with upstream_client(config, 4) as http, download_client(config, 4) as downloads:
@@ -66,6 +71,11 @@ async def measure(mode: str, url: str, max_blob: int, warm_url: str) -> dict[str
             elif mode == "download":
                 data, _ = await download(downloads, url, config.network)
                 outcome = f"ok {len(data)}"
+            elif mode == "provider":  # a whole openai_compat attempt: read, parse JSON, decode b64_json
+                out = await OpenAICompatProvider(config).run(
+                    attempt_context(config, "openai_compat", http, downloads=downloads)
+                )
+                outcome = f"ok {len(out.data)}"
             else:
                 raise SystemExit(f"unknown mode {mode}")
         except ProviderFailure as exc:

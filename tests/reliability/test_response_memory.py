@@ -52,6 +52,10 @@ K = 1.1
 """Reading one answer costs at most K × the cap (docs/operations.md, Sizing)."""
 BOMB = 1024 * MB
 """What each bomb inflates to."""
+RESULT = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * ((MAX_BLOB - 8) // 256)
+"""A result of about the largest storable size (not a real PNG: the provider does not decode it)."""
+K_ATTEMPT = 2.0
+"""A whole attempt on such an answer — read, parse, decode base64 — costs at most K_ATTEMPT × cap."""
 
 
 def _raw_deflate_of_zeros(total: int) -> bytes:
@@ -96,6 +100,10 @@ def _server(bombs: dict[str, bytes]) -> Iterator[FakeUpstream]:
         up.route("GET", r"/plain", lambda r: Reply(200, body))
         up.route("GET", r"/unsized", lambda r: Reply(200, unsized()))
         up.route("GET", r"/gzip-at-cap", lambda r: Reply(200, gzipped_body, {"content-encoding": "gzip"}))
+        # The largest storable result as b64_json: a JSON answer just under the cap.
+        answer = b'{"created": 1, "data": [{"b64_json": "' + base64.b64encode(RESULT) + b'"}]}'
+        assert len(answer) <= CAP
+        up.route("POST", r"/v1/images/generations", lambda r: Reply(200, answer, {"content-type": "application/json"}))
         for name, data in bombs.items():
             path = "/bomb-" + name.replace(", ", "-")
             up.route("GET", path, lambda r, d=data, n=name: Reply(200, d, {"content-encoding": n}))  # type: ignore[misc]
@@ -205,3 +213,10 @@ async def test_gzip_answers_and_gzip_images_still_work_end_to_end(nats_url: str,
             await bus.close()
     assert {r.headers.get("accept-encoding") for r in up.requests} == {"gzip, deflate"}
     assert [r.path for r in up.requests] == ["/v1/images/generations", "/v1/images/generations", "/files/out.png"]
+
+
+def test_a_whole_attempt_on_the_largest_answer_costs_about_twice_the_cap(server: FakeUpstream) -> None:
+    """Reading is one part; the provider then decodes the base64 (¾ of the body) while the body is held."""
+    result = _measure(server, "provider", "/v1/images/generations")
+    assert result["outcome"] == f"ok {len(RESULT)}", result
+    assert float(result["factor"]) <= K_ATTEMPT, result  # type: ignore[arg-type]
