@@ -137,16 +137,17 @@ class Bridge:
         await send_text(sink, texts.BUS_DOWN.format(reason=self.runtime.error or "not started"))
         return None
 
-    async def _fetch_avatar(self, url: str) -> bytes:
+    async def _fetch(self, url: str) -> bytes:
+        """A chat image or avatar URL, through the runtime's guarded download client."""
         http = self.runtime.http
         if http is None:
             raise RuntimeError("bus not started")
-        data, _ = await download(http, url, self.config.network, label="avatar", timeout=30.0)
+        data, _ = await download(http, url, self.config.network, label="chat image", timeout=30.0)
         return data
 
     async def _images(self, event: Any, *, mentions: bool) -> list[bytes]:
         return await collect_images(
-            event, include_mentions=mentions, fetch=self._fetch_avatar, avatar_template=self.avatar_template
+            event, include_mentions=mentions, fetch=self._fetch, avatar_template=self.avatar_template
         )
 
     # ---- image jobs ---------------------------------------------------------------

@@ -7,6 +7,11 @@ once the handler returns. An image that cannot be read is skipped, not fatal.
 
 Unlike the old plugin there is no silent fallback to the sender's avatar: a request
 that needs an image and has none gets a clear prompt to send or quote one.
+
+Images named by an http(s) URL (QQ's quoted messages, most platforms' attachments) and
+avatars are fetched by ``fetch`` — the bridge's download client, which connects only to
+public addresses (``network.allow_private_downloads`` to allow a LAN image server) and
+caps size and time — never by AstrBot's own downloader, which checks neither.
 """
 
 from __future__ import annotations
@@ -34,15 +39,32 @@ def avatar_url(user: str, template: str = AVATAR_URL) -> str:
     return template.format(user=user)
 
 
-async def image_bytes(comp: Any) -> bytes | None:
-    """The bytes of an ``Image`` component (local path, ``file://``, ``base64://`` or http URL)."""
+def _url_of(comp: Any) -> str:
+    """The http(s) URL an ``Image`` component is read from, or "" (AstrBot reads ``url`` first, then ``file``)."""
+    source = str(getattr(comp, "url", "") or getattr(comp, "file", "") or "")
+    return source if source[:8].lower().startswith(("http://", "https://")) else ""
+
+
+async def image_bytes(comp: Any, fetch: Fetch | None = None) -> bytes | None:
+    """The bytes of an ``Image`` component: a local path, ``file://`` or ``base64://`` through
+    AstrBot; an http(s) URL through ``fetch`` (skipped without it)."""
+    url = _url_of(comp)
     try:
-        b64 = await comp.convert_to_base64()
-        data = base64.b64decode(b64, validate=False)
+        if url:
+            if fetch is None:
+                return None
+            data = await fetch(url)
+        else:
+            data = base64.b64decode(await comp.convert_to_base64(), validate=False)
     except Exception as exc:  # AstrBot raises bare Exception for unreadable sources
-        logger.warning(f"aiimg: skipped an unreadable image ({type(exc).__name__}: {exc})")
+        logger.warning(f"aiimg: skipped an unreadable image ({type(exc).__name__}: {_short(exc)})")
         return None
     return _normalise(data)
+
+
+def _short(exc: Exception) -> str:
+    # A refused or failed download names the host at most (ProviderFailure); other errors may be long.
+    return " ".join(str(exc).split())[:200]
 
 
 def _normalise(data: bytes) -> bytes | None:
@@ -108,7 +130,7 @@ async def collect_images(
 ) -> list[bytes]:
     """All input images of ``event`` as bytes: quoted, then inline, then @-mentioned avatars.
 
-    ``fetch`` downloads an avatar URL; without it mentions are ignored.
+    ``fetch`` downloads a URL (http(s) images and avatars); without it those are skipped.
     """
     quoted: list[Any] = []
     inline: list[Any] = []
@@ -119,7 +141,7 @@ async def collect_images(
             inline.append(comp)
     out: list[bytes] = []
     for comp in [*quoted, *inline]:
-        data = await image_bytes(comp)
+        data = await image_bytes(comp, fetch)
         if data is not None:
             out.append(data)
     if include_mentions and fetch is not None:

@@ -17,14 +17,13 @@ import contextlib
 import os
 from pathlib import Path
 
-import httpx
-
 from messages import JobRequested, Operation
 from services.bus import Bus
 from services.client import Client
 from services.config import Config
 from services.embedded import find_nats_server
 from services.errors import AiimgError, EmbeddedServerError
+from services.http import DownloadClient, download_client
 from services.routing import plan_chain
 from services.selfie import ReferenceStore
 from services.stack import Stack, open_bus, running
@@ -75,7 +74,7 @@ class BusRuntime:
         self.bus: Bus | None = None
         self.client: Client | None = None
         self.refs: ReferenceStore | None = None
-        self.http: httpx.AsyncClient | None = None
+        self.http: DownloadClient | None = None
         self.error = ""
         """Why the last start failed (short, for the chat)."""
         self._task: asyncio.Task[None] | None = None
@@ -116,7 +115,8 @@ class BusRuntime:
                 self.bus = bus
                 self.client = Client(bus)
                 self.refs = ReferenceStore(bus)
-                async with httpx.AsyncClient(timeout=30.0, follow_redirects=False, trust_env=False) as http:
+                # Chat images and avatars: URLs from chat messages, so only public addresses.
+                async with download_client(self.config, 8) as http:
                     self.http = http
                     if self.embedded:
                         async with running(Stack(bus)):

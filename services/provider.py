@@ -37,7 +37,7 @@ from .blobs import BlobStore
 from .bus import Bus
 from .config import Config
 from .errors import BlobError, BusError, ProviderFailure
-from .http import response_cap, upstream_client
+from .http import DownloadClient, download_client, response_cap, upstream_client
 from .logging import redact
 from .media import MediaInfo, inspect_media
 from .runtime import Heartbeats, PullConsumer, describe
@@ -68,6 +68,10 @@ class AttemptContext:
     config: Config
     inputs: list[InputImage]
     http: httpx.AsyncClient
+    """For the upstream's API (its configured base URL, which may be a LAN gateway)."""
+    downloads: DownloadClient
+    """For URLs the upstream's replies name (``_common.download``): public addresses only,
+    unless ``network.allow_private_downloads``."""
     deadline: float
     """Monotonic-clock deadline for the whole attempt."""
 
@@ -123,6 +127,7 @@ class ProviderActor:
         *,
         concurrency: int | None = None,
         http: httpx.AsyncClient | None = None,
+        downloads: DownloadClient | None = None,
     ) -> None:
         self.bus = bus
         self.provider = provider
@@ -133,6 +138,9 @@ class ProviderActor:
         self.blobs = BlobStore(bus, purge=False)
         self._own_http = http is None
         self.http = http or upstream_client(cfg, self.concurrency)
+        # A second client for URLs upstreams name: its connector checks every address it connects to.
+        self._own_downloads = downloads is None
+        self.downloads = downloads or download_client(cfg, self.concurrency)
         self.consumer = PullConsumer(
             bus, bus.names.provider_consumer(self.alias), self.handle, concurrency=self.concurrency, name=self.alias
         )
@@ -156,6 +164,8 @@ class ProviderActor:
             await self.provider.aclose()
             if self._own_http:
                 await self.http.aclose()
+            if self._own_downloads:
+                await self.downloads.aclose()
 
     async def stop(self) -> None:
         await self.consumer.stop()
@@ -247,6 +257,7 @@ class ProviderActor:
             config=self.bus.config,
             inputs=inputs,
             http=self.http,
+            downloads=self.downloads,
             deadline=started + budget,
         )
         try:

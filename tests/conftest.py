@@ -10,13 +10,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from services.bus import Bus, connect
 from services.config import Config, config_from_dict
 from services.embedded import EmbeddedServer, find_nats_server
-from services.http import upstream_client
+from services.http import DownloadClient, download_client
 
 from .fakes.server import FakeUpstream
 
@@ -73,9 +72,11 @@ def _upstream() -> Iterator[FakeUpstream]:
 
 
 @pytest.fixture(name="http")
-async def _http() -> AsyncIterator[httpx.AsyncClient]:
-    """The client a provider actor builds (``upstream_client``): the same transport, timeouts and cap."""
-    async with upstream_client(Config(), 16) as client:
+async def _http() -> AsyncIterator[DownloadClient]:
+    """The clients a provider actor builds (``upstream_client``, ``download_client``): the same
+    transport, timeouts and cap. With ``network.allow_private_downloads = true`` — loopback
+    upstreams — the two are alike, so this one serves for both (``fakes/attempt.py``)."""
+    async with download_client(config_from_dict({"network": {"allow_private_downloads": True}}), 16) as client:
         yield client
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from services.config import Config, config_from_dict
 from services.errors import ProviderFailure
+from services.http import download_client, upstream_client
 from services.provider import Output
 from services.providers._chat import Ref, image_refs, is_placeholder
 from services.providers.openai_compat import OpenAICompatProvider
@@ -226,7 +227,11 @@ async def test_private_download_is_refused_unless_allowed(chat: OpenAIChatFake, 
     config = config_from_dict(
         {"draw": {"openai_compat": {"base_url": chat.up.url, "api_keys": [KEY], "api_mode": "chat", "model": "m"}}}
     )
-    with pytest.raises(ProviderFailure) as info:
-        await OpenAICompatProvider(config).run(attempt_context(config, "openai_compat", http))
+    # The actor's two clients: the API on loopback is reachable (a LAN gateway may be
+    # configured), the image URL its reply names on loopback is not.
+    async with upstream_client(config, 2) as api, download_client(config, 2) as downloads:
+        with pytest.raises(ProviderFailure) as info:
+            await OpenAICompatProvider(config).run(attempt_context(config, "openai_compat", api, downloads=downloads))
     assert info.value.reason == "invalid_response" and "private" in info.value.message
+    assert [r.path for r in chat.up.requests] == ["/v1/chat/completions"]
     assert chat.up.calls("GET", r"/chat-files/.+") == []

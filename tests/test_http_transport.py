@@ -8,6 +8,7 @@ import asyncio
 import gzip
 import json
 import socket
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
@@ -16,7 +17,14 @@ import pytest
 
 from services.config import Config, config_from_dict
 from services.errors import ProviderFailure
-from services.http import AiohttpTransport, CappedTransport, ShardedTransport, send_read, upstream_client
+from services.http import (
+    AiohttpTransport,
+    CappedTransport,
+    ShardedTransport,
+    response_cap,
+    send_read,
+    upstream_client,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -157,6 +165,117 @@ async def test_gzip_bodies_are_decoded_once(serve: Start, http: httpx.AsyncClien
     raw = await serve(handler)
     r = await send_read(http, http.build_request("GET", f"http://127.0.0.1:{raw.port}/"))
     assert r.json() == json.loads(payload)
+
+
+async def test_the_client_asks_only_for_the_encodings_the_cap_can_decode(serve: Start, http: httpx.AsyncClient) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await raw.read_request(reader)
+        writer.write(reply("200 OK", b"{}"))
+        await writer.drain()
+
+    raw = await serve(handler)
+    await http.get(f"http://127.0.0.1:{raw.port}/")
+    assert b"\r\naccept-encoding: gzip, deflate\r\n" in raw.requests[0][0].lower()
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return packer.compress(data) + packer.flush()
+
+
+PAYLOAD = json.dumps({"data": [{"b64_json": "QUJD" * 5000}]}).encode()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        ("gzip", gzip.compress(PAYLOAD)),
+        ("x-gzip", gzip.compress(PAYLOAD)),
+        ("GZIP", gzip.compress(PAYLOAD)),
+        ("gzip", gzip.compress(PAYLOAD[:1000]) + gzip.compress(PAYLOAD[1000:])),  # two members (RFC 1952)
+        ("deflate", zlib.compress(PAYLOAD)),  # the zlib format (RFC 1950)
+        ("deflate", _raw_deflate(PAYLOAD)),  # raw deflate, as some servers send it
+        ("identity", PAYLOAD),
+        ("identity, gzip", gzip.compress(PAYLOAD)),
+    ],
+    ids=["gzip", "x-gzip", "upper-case", "two-members", "deflate-zlib", "deflate-raw", "identity", "identity-gzip"],
+)
+async def test_gzip_and_deflate_bodies_are_decoded_by_the_capped_transport(
+    serve: Start, http: httpx.AsyncClient, encoding: str, body: bytes
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await raw.read_request(reader)
+        writer.write(reply("200 OK", body, f"content-encoding: {encoding}"))
+        await writer.drain()
+
+    raw = await serve(handler)
+    r = await http.get(f"http://127.0.0.1:{raw.port}/")
+    assert r.content == PAYLOAD
+    # Decoded once, here: httpx must not see an encoding (it would decode again) or the wire length.
+    assert "content-encoding" not in r.headers or r.headers["content-encoding"] == "identity"
+    if encoding != "identity":
+        assert "content-length" not in r.headers
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        (["content-encoding: gzip, gzip"], gzip.compress(gzip.compress(PAYLOAD))),
+        (["content-encoding: gzip", "content-encoding: gzip"], gzip.compress(gzip.compress(PAYLOAD))),
+        (["content-encoding: deflate, gzip"], gzip.compress(zlib.compress(PAYLOAD))),
+        (["content-encoding: br"], b"\x0b\x02\x80hello\x03"),
+        (["content-encoding: zstd"], b"(\xb5/\xfd\x00X)\x00\x00hello"),
+        (["content-encoding: compress"], b"\x1f\x9d\x90hello"),
+        (["content-encoding: gzip"], b"this is not gzip at all"),
+        (["content-encoding: gzip"], gzip.compress(PAYLOAD)[:-20]),  # truncated
+        (["content-encoding: deflate"], zlib.compress(PAYLOAD) + b"trailing junk"),
+    ],
+    ids=["gzip-gzip", "gzip-twice-as-lines", "deflate-gzip", "br", "zstd", "compress", "garbage", "truncated", "junk"],
+)
+async def test_stacked_unknown_or_broken_encodings_are_invalid_responses(
+    serve: Start, http: httpx.AsyncClient, headers: list[str], body: bytes
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await raw.read_request(reader)
+        writer.write(reply("200 OK", body, *headers))
+        await writer.drain()
+
+    raw = await serve(handler)
+    with pytest.raises(ProviderFailure) as info:
+        await http.get(f"http://127.0.0.1:{raw.port}/")
+    assert info.value.reason == "invalid_response", info.value
+
+
+async def test_a_bodiless_answer_with_an_encoding_is_empty(serve: Start, http: httpx.AsyncClient) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await raw.read_request(reader)
+            writer.write(b"HTTP/1.1 204 No Content\r\ncontent-encoding: gzip\r\n\r\n")
+            await writer.drain()
+
+    raw = await serve(handler)
+    r = await http.get(f"http://127.0.0.1:{raw.port}/")
+    assert r.status_code == 204 and r.content == b""
+
+
+async def test_the_cap_counts_decoded_bytes(serve: Start) -> None:
+    config = config_from_dict({"retention": {"max_blob_bytes": 1024}})
+    cap = response_cap(config)
+    small = gzip.compress(b"z" * (cap + 1))  # a few KB on the wire, one byte over the cap decoded
+    fits = gzip.compress(b"z" * cap)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await raw.read_request(reader)
+            writer.write(reply("200 OK", fits if b"/fits" in head else small, "content-encoding: gzip"))
+            await writer.drain()
+
+    raw = await serve(handler)
+    async with upstream_client(config, 2) as client:
+        with pytest.raises(ProviderFailure) as info:
+            await client.get(f"http://127.0.0.1:{raw.port}/over")
+        assert info.value.reason == "invalid_response" and "decoded" in info.value.message
+        assert len((await client.get(f"http://127.0.0.1:{raw.port}/fits")).content) == cap
 
 
 async def test_redirects_are_returned_not_followed(serve: Start, http: httpx.AsyncClient) -> None:

@@ -22,6 +22,7 @@ from services.cli import format_trace
 from services.client import Client
 from services.config import Config, config_from_dict, load_config
 from services.errors import ProviderFailure
+from services.http import DownloadClient
 from services.provider import AttemptContext, InputImage, Output
 from services.providers import load_provider
 from services.providers._video_urls import find_video_url, looks_like_video, video_url_in_text
@@ -96,12 +97,14 @@ async def attempt(
         output=output,
         deadline=time.time() + budget,
     )
+    assert isinstance(http, DownloadClient)  # the conftest client: API calls and (open) downloads alike
     ctx = AttemptContext(
         dispatch=dispatch,
         settings=config.video,
         config=config,
         inputs=[InputImage(b, "image/png") for b in ([png()] if images is None else images)],
         http=http,
+        downloads=http,
         deadline=time.monotonic() + budget,
     )
     return await GrokVideoProvider(config).run(ctx)

@@ -256,7 +256,7 @@ class ChatImages:
                 data, source = decode_image(caller, ref.value), ""
             else:
                 data, source = await download(
-                    ctx.http, ref.value, ctx.config.network, label=f"{caller.label} image download"
+                    ctx.downloads, ref.value, ctx.config.network, label=f"{caller.label} image download"
                 )
             if is_placeholder(data):
                 placeholders += 1

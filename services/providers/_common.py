@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
 import math
 import re
@@ -26,7 +25,8 @@ import pybase64
 from messages import Reason
 
 from ..config import NetworkConfig
-from ..errors import ProviderFailure
+from ..errors import ConfigError, ProviderFailure
+from ..http import DownloadClient, read_body
 from ..logging import redact
 
 __all__ = (
@@ -344,26 +344,8 @@ def decode_base64(value: str) -> bytes:
 # ---- downloads -----------------------------------------------------------------------------
 
 
-def _is_private(host: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost")
-    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast or ip.is_unspecified
-
-
-async def _resolves_private(host: str) -> bool:
-    if _is_private(host):
-        return True
-    try:
-        infos = await anyio.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return any(_is_private(str(info[4][0])) for info in infos)
-
-
 async def download(
-    http: httpx.AsyncClient,
+    http: DownloadClient,
     url: str,
     net: NetworkConfig,
     *,
@@ -374,11 +356,21 @@ async def download(
 ) -> tuple[bytes, str]:
     """GET ``url`` safely: http(s) only, redirects re-checked, size cap, overall timeout.
 
+    ``http`` is the download client (:func:`services.http.download_client`): unless
+    ``network.allow_private_downloads`` is set it connects only to public addresses,
+    checked for every connection, every redirect hop included (:class:`~services.http.AddressGuard`).
     ``headers`` (e.g. an API key for a gateway that serves results behind auth) are sent
     only while the URL stays on ``url``'s origin: a redirect to another host never gets them.
-    Returns ``(bytes, final_url)``. Failures are typed: ``network``, ``timeout``,
-    ``invalid_response`` (too large, bad scheme, private address when not allowed).
+    Returns ``(bytes, final_url)``. Failures are typed: ``network`` (unreachable, a name
+    that does not resolve), ``timeout``, ``invalid_response`` (too large, bad scheme, a
+    private address).
     """
+    if not (isinstance(http, DownloadClient) and http.guarded) and not net.allow_private_downloads:
+        # Only the download client checks addresses; a caller mypy does not see (the bridge) could pass another.
+        raise ConfigError(
+            "download() needs the guarded download client (services.http.download_client) "
+            "unless network.allow_private_downloads is true"
+        )
     limit = max_bytes or net.download_max_bytes
     current = url
     origin = _origin(url)
@@ -387,30 +379,30 @@ async def download(
             parts = urlsplit(current)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ProviderFailure("invalid_response", f"{label}: refusing URL scheme {parts.scheme or '?'}")
-            if not net.allow_private_downloads and await _resolves_private(parts.hostname):
-                raise ProviderFailure("invalid_response", f"{label}: refusing a private or loopback address")
             sent = dict(headers) if headers and _origin(current) == origin else None
-            async with http.stream("GET", current, headers=sent, follow_redirects=False) as resp:
-                if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("location"):
-                    current = urljoin(current, resp.headers["location"])
-                    continue
-                if resp.status_code >= 400:
-                    raise failure_from_response(
-                        label, resp, body=(await resp.aread())[:2000].decode("utf-8", "replace")
-                    )
-                declared = resp.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > limit:
-                    raise ProviderFailure(
-                        "invalid_response", f"{label}: {int(declared)} bytes exceeds the {limit}-byte cap"
-                    )
-                chunks: list[bytes] = []
-                total = 0
-                async for chunk in resp.aiter_bytes():
-                    total += len(chunk)
-                    if total > limit:
-                        raise ProviderFailure("invalid_response", f"{label}: body exceeds the {limit}-byte cap")
-                    chunks.append(chunk)
-                return b"".join(chunks), current
+            try:
+                async with http.stream("GET", current, headers=sent, follow_redirects=False) as resp:
+                    if resp.status_code in (301, 302, 303, 307, 308) and resp.headers.get("location"):
+                        current = urljoin(current, resp.headers["location"])
+                        continue
+                    if resp.status_code >= 400:
+                        raise failure_from_response(
+                            label, resp, body=(await resp.aread())[:2000].decode("utf-8", "replace")
+                        )
+                    declared = resp.headers.get("content-length")
+                    if declared and declared.isdigit() and int(declared) > limit:
+                        raise ProviderFailure(
+                            "invalid_response", f"{label}: {int(declared)} bytes exceeds the {limit}-byte cap"
+                        )
+                    # One buffer, decoded bytes counted (the transport inflates gzip in bounded steps).
+                    return await read_body(resp, limit, label=label), current
+            except httpx.InvalidURL:
+                raise ProviderFailure("invalid_response", f"{label}: not a valid URL") from None
+            except ProviderFailure as exc:
+                if exc.message.startswith(f"{label}:"):
+                    raise
+                # The guard's refusals and the transport's cap, named after this download.
+                raise ProviderFailure(exc.reason, f"{label}: {exc.message}", status=exc.status) from None
         raise ProviderFailure("invalid_response", f"{label}: too many redirects")
 
 
@@ -423,9 +415,7 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return parts.scheme.lower(), (parts.hostname or "").lower(), port
 
 
-async def image_from_item(
-    http: httpx.AsyncClient, item: Any, net: NetworkConfig, label: str
-) -> tuple[bytes, str] | None:
+async def image_from_item(http: DownloadClient, item: Any, net: NetworkConfig, label: str) -> tuple[bytes, str] | None:
     """The image of one OpenAI-style ``data[]`` item: ``b64_json`` decoded strictly, else ``url``
     downloaded safely. Returns ``(bytes, source_url)``, or None when the item has neither."""
     if not isinstance(item, dict):

@@ -162,7 +162,9 @@ async def image_from_response(ctx: AttemptContext, caller: Caller, body: Any) ->
         return Output(data=decode_image(caller, b64))
     url = first.get("url")
     if isinstance(url, str) and url.strip():
-        raw, final = await download(ctx.http, url.strip(), ctx.config.network, label=f"{caller.label} image download")
+        raw, final = await download(
+            ctx.downloads, url.strip(), ctx.config.network, label=f"{caller.label} image download"
+        )
         return Output(data=raw, source_url=final)
     raise ProviderFailure("no_image", f"{caller.label}: reply item has neither b64_json nor url")
 

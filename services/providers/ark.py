@@ -189,7 +189,7 @@ async def _image(ctx: AttemptContext, data: Any, key: str) -> Output:
     items = data.get("data")
     errors: list[dict[str, Any]] = []
     for item in items if isinstance(items, list) else []:
-        found = await image_from_item(ctx.http, item, ctx.config.network, LABEL)
+        found = await image_from_item(ctx.downloads, item, ctx.config.network, LABEL)
         if found is not None:
             return Output(data=found[0], source_url=found[1])
         if isinstance(item, dict) and isinstance(item.get("error"), dict):

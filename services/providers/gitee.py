@@ -96,7 +96,7 @@ async def _image(ctx: AttemptContext, data: Any, position: int, key: str) -> Out
     if not isinstance(items, list) or not items:
         raise ProviderFailure("no_image", f"{LABEL}: the reply has no image data")
     for item in items:
-        found = await image_from_item(ctx.http, item, ctx.config.network, LABEL)
+        found = await image_from_item(ctx.downloads, item, ctx.config.network, LABEL)
         if found is not None:
             return Output(data=found[0], source_url=found[1])
     raise ProviderFailure("no_image", f"{LABEL}: the reply has no image url or b64_json")

@@ -198,12 +198,12 @@ def _task_error(task: dict[str, Any]) -> str:
 async def _fetch(ctx: AttemptContext, output: dict[str, Any]) -> Output:
     url = output.get("file_url") or output.get("url")
     if isinstance(url, str) and url.startswith(("http://", "https://")):
-        data, final = await download(ctx.http, url, ctx.config.network, label=f"{LABEL} result")
+        data, final = await download(ctx.downloads, url, ctx.config.network, label=f"{LABEL} result")
         return Output(data=data, source_url=final)
     image = output.get("image") or url
     if isinstance(image, str) and image:
         if image.startswith(("http://", "https://")):
-            data, final = await download(ctx.http, image, ctx.config.network, label=f"{LABEL} result")
+            data, final = await download(ctx.downloads, image, ctx.config.network, label=f"{LABEL} result")
             return Output(data=data, source_url=final)
         return Output(data=decode_base64(image))
     raise ProviderFailure("invalid_response", f"{LABEL}: the task output has no file_url")

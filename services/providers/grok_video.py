@@ -125,7 +125,7 @@ class _Attempt:
         # A gateway that serves results from its own origin may want the key; another host never gets it.
         same_origin = _origin(url) == self.origin
         data, _ = await download(
-            ctx.http,
+            ctx.downloads,
             url,
             ctx.config.network,
             label=f"{LABEL} download",

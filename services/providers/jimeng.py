@@ -94,7 +94,7 @@ class JimengProvider(Provider):
                 raise _http_failure(resp, position, secrets)
             body = parse_json(LABEL, resp)
             url = _image_url(body, position, secrets)
-            data, final = await download(ctx.http, url, ctx.config.network, label=f"{LABEL} image")
+            data, final = await download(ctx.downloads, url, ctx.config.network, label=f"{LABEL} image")
             return Output(data=data, source_url=final)
 
         return await each_key(ring, call, noun="cookie")

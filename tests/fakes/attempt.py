@@ -2,6 +2,11 @@
 
 The context is the real one the ProviderActor builds (settings block from the config,
 a real ``httpx.AsyncClient`` that follows no redirects), minus the bus around it.
+
+The actor has two clients: ``http`` for the upstream's API and ``downloads`` for URLs its
+replies name. With ``network.allow_private_downloads = true`` (what tests of loopback
+upstreams set) the two are built alike, so one ``DownloadClient`` — the ``http`` fixture
+— may serve as both; a test of the guard passes ``downloads`` of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import httpx
 
 from messages import AttemptDispatched, Operation
 from services.config import Config
+from services.http import DownloadClient
 from services.provider import AttemptContext, InputImage
 
 __all__ = ("attempt_context",)
@@ -29,7 +35,12 @@ def attempt_context(
     output: str = "",
     inputs: Sequence[InputImage] = (),
     budget: float = 20.0,
+    downloads: DownloadClient | None = None,
 ) -> AttemptContext:
+    if downloads is None:
+        assert isinstance(http, DownloadClient), "pass downloads=, or a DownloadClient as http"
+        assert config.network.allow_private_downloads is not http.guarded, "the client's guard differs from config"
+        downloads = http
     block = config.block(op, alias)
     assert block is not None, f"no {op} block for {alias}"
     dispatch = AttemptDispatched(
@@ -47,5 +58,6 @@ def attempt_context(
         config=config,
         inputs=list(inputs),
         http=http,
+        downloads=downloads,
         deadline=time.monotonic() + budget,
     )

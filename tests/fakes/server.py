@@ -7,6 +7,7 @@ task state machines, URLs it serves). Every request is recorded for assertions.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import threading
@@ -65,7 +66,12 @@ Handler = Callable[[Request], Reply]
 class FakeUpstream:
     """Routes ``(METHOD, path-regex)`` to handlers. Use as a context manager; ``url`` is its root."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listens on ``host:port`` (any free port by default); ``host`` must be a loopback address."""
+        if not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"a fake upstream listens on loopback only, not {host}")
+        self.host = host
+        self.port = port
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
         self.requests: list[Request] = []
         self._server: ThreadingHTTPServer | None = None
@@ -129,12 +135,13 @@ class FakeUpstream:
 
             do_GET = do_POST = do_PUT = do_DELETE = _serve
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server = ThreadingHTTPServer((self.host, self.port), _Handler)
         self._server.daemon_threads = True
         # A short poll interval: shutdown() waits for one poll, and every test stops a server.
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.port = int(self._server.server_address[1])
+        self.url = f"http://{self.host}:{self.port}"
         return self.url
 
     def stop(self) -> None:
