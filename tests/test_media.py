@@ -1,4 +1,4 @@
-"""Checks on image bytes (``services/media.py``).
+"""Checks on image bytes (``services/media.py``) and the local renderer's use of the pixel limit.
 
 Every result and every input is fully decoded before it is accepted (a PNG whose zlib
 stream is garbage, a truncated JPEG and a WebP with a broken bitstream all pass Pillow's
@@ -18,6 +18,7 @@ from PIL import Image, features
 
 from services.errors import ProviderFailure
 from services.media import MAX_PIXELS, inspect_image, inspect_media
+from services.providers.local import render
 
 from .helpers import (
     bilevel_png,
@@ -179,3 +180,25 @@ def test_a_bomb_header_is_refused_before_decoding() -> None:
     with pytest.raises(ProviderFailure) as err:
         inspect_image(png_header_only(30_000, 30_000))
     assert "30000x30000" in err.value.message and "limits.max_pixels" in err.value.message
+
+
+# ---- the local renderer ------------------------------------------------------------------------
+
+
+def test_local_refuses_an_input_over_the_limit_without_decoding_it() -> None:
+    for data, size in ((png_header_only(30_000, 30_000), "30000x30000"), (bilevel_png(9000, 8000), "9000x8000")):
+        with pytest.raises(ProviderFailure) as err:
+            render("caption", 1024, 1024, data, max_pixels=MAX_PIXELS)
+        assert err.value.reason == "bad_request"
+        assert size in err.value.message and "limits.max_pixels" in err.value.message
+
+
+def test_local_output_respects_the_limit() -> None:
+    for width, height, limit in ((4096, 4096, 1_000_000), (4096, 1024, 500_000), (1024, 1024, 64 * 64)):
+        data, w, h = render("caption", width, height, max_pixels=limit)
+        info = inspect_image(data, max_pixels=limit)
+        assert (info.width, info.height) == (w, h) and w * h <= limit
+        assert abs(w / h - width / height) < 0.05  # the ratio is kept
+    # An edit keeps its input's size, which is within the limit.
+    data, w, h = render("caption", 4096, 4096, photo(300, 200), max_pixels=300 * 200)
+    assert (w, h) == (300, 200)
