@@ -33,10 +33,12 @@ from services.blobs import BlobStore
 from services.bus import Bus, connect
 from services.client import Client
 from services.config import Config, load_config
+from services.errors import AiimgError
 from services.media import MediaInfo
 from services.provider import AttemptContext, Output
 from services.providers.local import LocalProvider
 from services.providers.openai_compat import OpenAICompatProvider
+from services.selfie import ReferenceStore
 from services.stack import Stack, running
 
 from ..conftest import make_config
@@ -327,3 +329,49 @@ def _openai_config(nats_url: str, tmp_path: Path, url: str, **overrides: object)
         draw={"provider": "openai_compat", "openai_compat": {**block, "max_retries": 0}},
         **overrides,
     )
+
+
+# ---- one pixel limit ----------------------------------------------------------------------------
+
+
+async def test_the_configured_pixel_limit_is_the_one_limit(nats_url: str, tmp_path: Path) -> None:
+    """``limits.max_pixels = 1 MP``: client uploads, selfie references, upstream results and the
+    local renderer's output all obey it (they used to obey a 64 MP constant, or nothing)."""
+    limit = 1_000_000
+    over = photo(1200, 1000)  # 1.2 MP
+    under = photo(1000, 1000)
+    with FakeUpstream() as up:
+        OpenAIImagesFake(up, keys=["sk-test-1"], image=over)
+        config = _openai_config(nats_url, tmp_path, up.url, limits={"max_pixels": limit}, edit={"provider": "local"})
+        bus = await connect(config)
+        await bus.ensure_layout()
+        try:
+            async with running(Stack(bus, providers=[OpenAICompatProvider(config), LocalProvider(config)])):
+                client = Client(bus)
+                with pytest.raises(AiimgError, match=r"1200x1000 pixels > limits.max_pixels=1000000"):
+                    await client.put_image(over)
+                accepted = await client.put_image(under)
+                with pytest.raises(AiimgError, match=r"limits.max_pixels=1000000"):
+                    await ReferenceStore(bus).replace("bot-1", [over])
+                result = await client.wait(await client.submit("draw", "over the limit"), timeout=60)
+                local_end, local_data = await client.result(
+                    await client.submit("draw", "local", backend="local", output="2048x2048"), timeout=60
+                )
+                edit_end, edit_data = await client.result(
+                    await client.submit("edit", "edit", inputs=[accepted], backend="local"), timeout=60
+                )
+        finally:
+            await bus.close()
+    assert isinstance(result, JobFailed)
+    assert [(f.reason, "limits.max_pixels=1000000" in f.message) for f in result.failures] == [
+        ("invalid_response", True)
+    ]
+    with Image.open(io.BytesIO(local_data)) as img:
+        w, h = img.size
+    print(
+        f"\nlocal draw asked 2048x2048 under a 1 MP limit: {w}x{h}; "
+        f"edit of 1000x1000: {edit_end.result.width}x{edit_end.result.height}"
+    )
+    assert w * h <= limit and w == h and w >= 900
+    assert (local_end.result.width, local_end.result.height) == (w, h)
+    assert (edit_end.result.width, edit_end.result.height) == (1000, 1000)
