@@ -45,6 +45,7 @@ __all__ = (
     "MediaInfo",
     "check_image",
     "check_media",
+    "check_png_stream",
     "image_size",
     "inspect_image",
     "inspect_media",
@@ -57,6 +58,9 @@ MAX_PIXELS = 8192 * 8192
 
 INFLATE_PIECE = 1 << 20
 """Bytes of PNG scanlines inflated at a time by the stream check."""
+
+INFLATE_FEED = 64 * 1024
+"""Bytes of compressed PNG data handed to zlib at a time."""
 
 
 class MediaInfo:
@@ -289,19 +293,22 @@ def check_png_stream(data: bytes) -> None:
             if idat_state == 2:
                 raise _bad("IDAT chunks are not consecutive")
             idat_state = 1
-            piece: bytes | memoryview = view[pos + 8 : end - 4]
-            while piece:
-                if inflate.eof:
-                    raise _bad("data after the end of the image stream")
-                try:
-                    out = inflate.decompress(piece, INFLATE_PIECE)
-                except zlib.error as exc:
-                    raise _bad(f"image stream is corrupt ({exc})") from None
-                piece = inflate.unconsumed_tail
-                _check_filters(out, total, lines)
-                total += len(out)
-                if total > expected:
-                    raise _bad("image stream holds more data than the image")
+            # Fed in slices: zlib copies the input it has not consumed (``unconsumed_tail``)
+            # on every call, which for one large IDAT chunk would be quadratic.
+            for feed in range(pos + 8, end - 4, INFLATE_FEED):
+                piece: bytes | memoryview = view[feed : min(feed + INFLATE_FEED, end - 4)]
+                while piece:
+                    if inflate.eof:
+                        raise _bad("data after the end of the image stream")
+                    try:
+                        out = inflate.decompress(piece, INFLATE_PIECE)
+                    except zlib.error as exc:
+                        raise _bad(f"image stream is corrupt ({exc})") from None
+                    piece = inflate.unconsumed_tail
+                    _check_filters(out, total, lines)
+                    total += len(out)
+                    if total > expected:
+                        raise _bad("image stream holds more data than the image")
         elif kind == b"IEND":
             break
         elif idat_state == 1:

@@ -202,3 +202,29 @@ def test_local_output_respects_the_limit() -> None:
     # An edit keeps its input's size, which is within the limit.
     data, w, h = render("caption", 4096, 4096, photo(300, 200), max_pixels=300 * 200)
     assert (w, h) == (300, 200)
+
+
+def test_the_png_check_holds_constant_memory_whatever_the_idat_layout() -> None:
+    """One 6 MB IDAT chunk (some encoders write one) costs the check no more than 64 KB ones.
+
+    Measured with tracemalloc (the check's own Python buffers; Pillow is not involved): the
+    zlib input is fed in bounded slices, so neither the inflated pieces nor zlib's
+    ``unconsumed_tail`` grow with the chunk.
+    """
+    import tracemalloc
+
+    from services.media import INFLATE_PIECE, check_png_stream
+
+    data = photo(2048, 2048)
+    single = png_with_idat(data, b"".join(p for k, p in png_chunks(data) if k == b"IDAT"))
+    assert len(single) > 6_000_000 and sum(k == b"IDAT" for k, _ in png_chunks(single)) == 1
+    peaks = {}
+    for name, sample in (("split", data), ("single", single)):
+        tracemalloc.start()
+        try:
+            check_png_stream(sample)
+            peaks[name] = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    print(f"\nPNG check peak (tracemalloc): {peaks}")
+    assert max(peaks.values()) < 3 * INFLATE_PIECE, peaks
