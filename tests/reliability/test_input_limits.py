@@ -354,10 +354,15 @@ async def test_the_configured_pixel_limit_is_the_one_limit(nats_url: str, tmp_pa
                 with pytest.raises(AiimgError, match=r"limits.max_pixels=1000000"):
                     await ReferenceStore(bus).replace("bot-1", [over])
                 result = await client.wait(await client.submit("draw", "over the limit"), timeout=60)
+                # Its configured size (1024x1024) is over the limit: drawn smaller.
                 local_end, local_data = await client.result(
-                    await client.submit("draw", "local", backend="local", output="2048x2048"), timeout=60
+                    await client.submit("draw", "local", backend="local"), timeout=60
                 )
-                edit_end, edit_data = await client.result(
+                # The router refuses an output over the limit; a dispatch that skipped it gets a fitted one.
+                asked = await dispatch(bus, "local", [], op="draw", output="2048x1024")
+                assert isinstance(asked, AttemptSucceeded), asked
+                asked_data = await BlobStore(bus).get(asked.result)
+                edit_end, _ = await client.result(
                     await client.submit("edit", "edit", inputs=[accepted], backend="local"), timeout=60
                 )
         finally:
@@ -366,12 +371,15 @@ async def test_the_configured_pixel_limit_is_the_one_limit(nats_url: str, tmp_pa
     assert [(f.reason, "limits.max_pixels=1000000" in f.message) for f in result.failures] == [
         ("invalid_response", True)
     ]
-    with Image.open(io.BytesIO(local_data)) as img:
-        w, h = img.size
+    sizes = {}
+    for name, data in (("configured 1024x1024", local_data), ("asked 2048x1024", asked_data)):
+        with Image.open(io.BytesIO(data)) as img:
+            sizes[name] = img.size
     print(
-        f"\nlocal draw asked 2048x2048 under a 1 MP limit: {w}x{h}; "
-        f"edit of 1000x1000: {edit_end.result.width}x{edit_end.result.height}"
+        f"\nlocal draws under a 1 MP limit: {sizes}; edit of 1000x1000: {edit_end.result.width}x{edit_end.result.height}"
     )
+    (w, h), (w2, h2) = sizes.values()
     assert w * h <= limit and w == h and w >= 900
     assert (local_end.result.width, local_end.result.height) == (w, h)
+    assert w2 * h2 <= limit and w2 == 2 * h2 and w2 >= 1300
     assert (edit_end.result.width, edit_end.result.height) == (1000, 1000)
