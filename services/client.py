@@ -33,7 +33,7 @@ from messages._codec import DecodeError
 from .blobs import BlobStore
 from .bus import Bus
 from .errors import AiimgError, JobError, ProviderFailure
-from .media import inspect_image
+from .media import check_image
 
 __all__ = ("Client", "new_job_id")
 
@@ -59,7 +59,7 @@ class Client:
     async def put_image(self, data: bytes) -> BlobRef:
         """Validate and store an input image; raise ``AiimgError`` with a clear message if unusable."""
         try:
-            info = inspect_image(data)
+            info = await check_image(data, max_pixels=self.bus.config.limits.max_pixels)
         except ProviderFailure as exc:
             raise AiimgError(f"input image rejected: {exc.message}") from None
         if not self._inputs_ready:

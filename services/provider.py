@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from .config import Config
 from .errors import BlobError, BusError, ProviderFailure
 from .http import DownloadClient, download_client, response_cap, upstream_client
 from .logging import redact
-from .media import MediaInfo, inspect_media
+from .media import MediaInfo, check_image, check_media
 from .runtime import Heartbeats, PullConsumer, describe
 from .settings import ProviderSettings
 
@@ -98,6 +99,7 @@ class Output:
     data: bytes
     source_url: str = ""
     info: MediaInfo | None = field(default=None)
+    """What the provider believes it made. A hint only: the actor checks every result itself."""
 
 
 class Provider(abc.ABC):
@@ -147,6 +149,9 @@ class ProviderActor:
         self._running: dict[str, set[anyio.CancelScope]] = {}
         # Three heartbeats per ack_wait whatever its size (a 1 s floor used to equal a 1 s ack_wait).
         self.heartbeats = Heartbeats(max(0.05, cfg.actors.ack_wait / 3))
+        # Image checks (inputs and results) run on worker threads, a few at a time: each may
+        # decode up to limits.max_pixels, and more threads than cores only add memory.
+        self._checks = anyio.CapacityLimiter(os.cpu_count() or 1)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         # Terminal events of any job: a running attempt of a job that ended (cancelled,
@@ -248,9 +253,9 @@ class ProviderActor:
         self, d: AttemptDispatched, block: ProviderSettings, started: float, budget: float
     ) -> AttemptSucceeded | AttemptFailed:
         try:
-            inputs = [InputImage(await self.blobs.get(ref), ref.mime) for ref in d.inputs]
-        except BlobError as exc:
-            return self._failed(d, "bad_request", str(exc), started)
+            inputs = await self._load_inputs(d)
+        except ProviderFailure as exc:
+            return self._failed(d, exc.reason, exc.message, started)
         ctx = AttemptContext(
             dispatch=d,
             settings=block,
@@ -263,7 +268,17 @@ class ProviderActor:
         try:
             with anyio.fail_after(budget):
                 out = await self.provider.run(ctx)
-            info = out.info or inspect_media(out.data, video=self.provider.produces_video)
+            # Every result is checked and decoded here, whatever the provider says about it:
+            # ``Output.info`` is only a hint (a provider that trusted its own renderer used to
+            # store images over the pixel limit unchecked).
+            info = await check_media(
+                out.data,
+                video=self.provider.produces_video,
+                max_pixels=self.bus.config.limits.max_pixels,
+                limiter=self._checks,
+            )
+            if out.info is not None and out.info != info:
+                log.warning("provider_info_mismatch", claimed=repr(out.info), actual=repr(info))
             ref = await self._store(out.data, info)
         except ProviderFailure as exc:
             return self._failed(d, exc.reason, exc.message, started, status=exc.status, retry_after=exc.retry_after)
@@ -288,6 +303,40 @@ class ProviderActor:
             source_url=out.source_url,
             elapsed_ms=elapsed,
         )
+
+    async def _load_inputs(self, d: AttemptDispatched) -> list[InputImage]:
+        """The input images, within ``limits``, each checked as an image; else ``bad_request``.
+
+        The count and the declared sizes are checked before any blob is read, so a request
+        that repeats one large reference hundreds of times costs nothing; a repeated
+        reference counts every time (it is sent upstream every time) but is read and held
+        once. A blob whose stored size differs from its reference is refused by
+        ``BlobStore.get``, so what is held never exceeds ``limits.max_input_bytes``.
+        """
+        limits = self.bus.config.limits
+        if len(d.inputs) > limits.max_inputs:
+            raise ProviderFailure(
+                "bad_request", f"{len(d.inputs)} input images exceed limits.max_inputs={limits.max_inputs}"
+            )
+        total = sum(ref.size for ref in d.inputs)
+        if total > limits.max_input_bytes:
+            raise ProviderFailure(
+                "bad_request", f"input images of {total} bytes exceed limits.max_input_bytes={limits.max_input_bytes}"
+            )
+        loaded: dict[BlobRef, InputImage] = {}
+        inputs: list[InputImage] = []
+        for n, ref in enumerate(d.inputs, 1):
+            image = loaded.get(ref)
+            if image is None:
+                try:
+                    data = await self.blobs.get(ref)
+                    info = await check_image(data, max_pixels=limits.max_pixels, limiter=self._checks)
+                except (BlobError, ProviderFailure) as exc:
+                    message = exc.message if isinstance(exc, ProviderFailure) else str(exc)
+                    raise ProviderFailure("bad_request", f"input #{n}: {message}") from None
+                image = loaded[ref] = InputImage(data, info.mime)
+            inputs.append(image)
+        return inputs
 
     async def _store(self, data: bytes, info: MediaInfo) -> BlobRef:
         """Store a result. A blob store that does not answer (a JetStream leader election, a

@@ -35,7 +35,7 @@ from .bus import Bus
 from .client import Client
 from .config import Config
 from .errors import AiimgError, BlobError, ProviderFailure
-from .media import inspect_image
+from .media import check_image
 
 __all__ = (
     "DEFAULT_PROMPT_PREFIX",
@@ -217,7 +217,8 @@ class ReferenceStore:
         refs: list[BlobRef] = []
         for data in images[: self.limit]:
             try:
-                info = inspect_image(data)  # magic bytes, pixel limit, placeholders
+                # Magic bytes, the pixel limit, placeholders, a full decode.
+                info = await check_image(data, max_pixels=self.bus.config.limits.max_pixels)
             except ProviderFailure as exc:
                 raise AiimgError(f"reference image rejected: {exc.message}") from None
             refs.append(await self._blobs.put(data, info))

@@ -10,7 +10,6 @@ and video URLs are skipped.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,9 +18,9 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from PIL import Image
 
 from ..errors import ProviderFailure
+from ..media import image_size
 from ..provider import AttemptContext, InputImage, Output
 from ._common import b64_text, download, short
 from ._images_api import Caller, ImagesAPI, decode_image, openai_failure
@@ -170,12 +169,10 @@ def is_placeholder(data: bytes) -> bool:
     """Tiny files and 1×1 images that gateways return instead of a real result."""
     if len(data) <= PLACEHOLDER_BYTES:
         return True
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Exception:
+    size = image_size(data)  # the header only, whatever its size claims
+    if size is None:
         return False  # not for us to judge here; the actor validates the bytes
-    return width <= 1 and height <= 1
+    return size[0] <= 1 and size[1] <= 1
 
 
 def reply_text(reply: Any) -> str:

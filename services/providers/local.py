@@ -7,20 +7,22 @@ input image. The same prompt and size always give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import math
 import textwrap
 
 import anyio
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import ProviderFailure
-from ..media import MediaInfo
+from ..media import MAX_PIXELS, MediaInfo, open_image
 from ..provider import AttemptContext, Output, Provider
 from ..settings import LocalSettings
 from ..sizes import parse_output
 
-__all__ = ("LocalProvider", "render")
+__all__ = ("LocalProvider", "fit", "render")
 
 MAX_EDGE = 4096
 
@@ -41,22 +43,41 @@ class LocalProvider(Provider):
         if ctx.op in ("edit", "selfie") and base is None:
             raise ProviderFailure("bad_request", "an edit needs an input image")
         width, height = intent.pixels(default_long_edge=1024) if not intent.empty else _default(settings.size)
-        data, w, h = await anyio.to_thread.run_sync(render, ctx.prompt, width, height, base)
+        call = functools.partial(render, max_pixels=ctx.config.limits.max_pixels)
+        data, w, h = await anyio.to_thread.run_sync(call, ctx.prompt, width, height, base)
         return Output(data=data, info=MediaInfo("image/png", w, h))
+
+
+def fit(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """``width``×``height`` scaled down (ratio kept, at least 1×1) to at most ``max_pixels`` pixels."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    w, h = max(1, int(width * scale)), max(1, int(height * scale))
+    while w * h > max_pixels and (w > 1 or h > 1):
+        w, h = (w - 1, h) if w >= h else (w, h - 1)
+    return w, h
 
 
 def _default(size: str) -> tuple[int, int]:
     return parse_output(size).pixels(default_long_edge=1024)
 
 
-def render(prompt: str, width: int, height: int, base: bytes | None = None) -> tuple[bytes, int, int]:
-    """PNG bytes of the caption drawn on a gradient (or on ``base``). Deterministic."""
-    width = max(64, min(MAX_EDGE, width))
-    height = max(64, min(MAX_EDGE, height))
+def render(
+    prompt: str, width: int, height: int, base: bytes | None = None, *, max_pixels: int = MAX_PIXELS
+) -> tuple[bytes, int, int]:
+    """PNG bytes of the caption drawn on a gradient (or on ``base``). Deterministic.
+
+    Nothing over ``max_pixels`` (``limits.max_pixels``) is decoded or drawn: ``base`` is
+    refused by its header, and a drawing is scaled down, keeping its ratio, to fit.
+    """
+    width, height = fit(max(64, min(MAX_EDGE, width)), max(64, min(MAX_EDGE, height)), max_pixels)
     if base is not None:
         try:
-            with Image.open(io.BytesIO(base)) as src:
+            with open_image(base, max_pixels=max_pixels) as src:
                 img = src.convert("RGB")
+        except ProviderFailure as exc:
+            raise ProviderFailure("bad_request", exc.message) from None
         except Exception:
             raise ProviderFailure("bad_request", "input image cannot be decoded") from None
         width, height = img.size
