@@ -254,6 +254,10 @@ class Env:
             "retention": {"job_max_age": 3600.0, "blob_max_age": 3600.0},
             "draw": draw,
             "log": {"level": "info", "format": "json"},
+            # The load client is one client submitting thousands of jobs at once: admission
+            # limits (a fairness policy, tested in tests/reliability/test_attacks.py) would
+            # reject most of them, and the figures measure the pipeline, not the policy.
+            "limits": {"max_jobs_per_client": 0, "max_jobs_per_user": 0},
             **extra,
         }
         path = self.tmp / f"{name}.json"

@@ -8,6 +8,7 @@ at start with a :class:`~services.errors.ConfigError` that names the key.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -211,9 +212,9 @@ class LimitsConfig(Block, kw_only=True):
     max_pixels: int = 8192 * 8192
     """Largest image decoded anywhere (inputs, the local renderer, results): 64 MP."""
     max_jobs_per_client: int = 256
-    """Jobs one client (one NATS identity, ``nats.client_id``) may have running at once."""
+    """Jobs one client (one NATS identity, ``nats.client_id``) may have running at once; 0: no limit."""
     max_jobs_per_user: int = 8
-    """Jobs one end user (``origin.user`` of one client) may have running at once."""
+    """Jobs one end user (``origin.user`` of one client) may have running at once; 0: no limit."""
 
 
 class LogConfig(Block, kw_only=True):
@@ -336,9 +337,26 @@ def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Conf
     """Build a :class:`Config` from a plain dict (e.g. AstrBot plugin settings)."""
     resolved = _resolve_env(dict(data), "")
     try:
-        return msgspec.convert(resolved, Config, strict=False)
+        config = msgspec.convert(resolved, Config, strict=False)
     except msgspec.ValidationError as exc:
         raise _explain(exc, source) from None
+    _check_finite(config, "", source)
+    return config
+
+
+def _check_finite(value: Any, path: str, source: str) -> None:
+    """TOML allows ``inf`` and ``nan``; no duration, size or limit here means anything with them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{source}: {path}: must be a finite number, not {value}")
+    if isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            _check_finite(getattr(value, name), f"{path}.{name}".lstrip("."), source)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{path}.{key}", source)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{path}[{i}]", source)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

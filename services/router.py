@@ -61,7 +61,9 @@ MAX_WRITES_PER_MESSAGE = 32
 whole life is a few writes; more means something keeps invalidating the router's view."""
 
 STALE_RETRY_DELAY = 1.0
-"""Seconds before a message whose writes kept being refused is handled again."""
+"""Seconds before a message whose writes kept being refused is handled again, doubling per
+delivery up to ``MAX_STALE_RETRY_DELAY`` (so an incident logs a few lines, not one a second)."""
+MAX_STALE_RETRY_DELAY = 60.0
 
 CONSUMER_CHECK_INTERVAL = 60.0
 """Seconds between checks that every durable consumer still has the layout's config."""
@@ -292,8 +294,9 @@ class Router:
         else:
             # Writes kept being refused or kept leading to more writes: look again later,
             # once, instead of spinning (one log line per incident, not per attempt).
-            log.error("router_step_limit", writes=MAX_WRITES_PER_MESSAGE, retry_in=STALE_RETRY_DELAY, **describe(msg))
-            await msg.nak(delay=STALE_RETRY_DELAY)
+            delay = min(MAX_STALE_RETRY_DELAY, STALE_RETRY_DELAY * 2.0 ** min(md.num_delivered - 1, 16))
+            log.error("router_step_limit", writes=MAX_WRITES_PER_MESSAGE, retry_in=delay, **describe(msg))
+            await msg.nak(delay=delay)
             return
         if entry.state.done:
             self.admission.release(job_id)

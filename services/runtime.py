@@ -121,9 +121,10 @@ class PullConsumer:
                 await msg.nak()
             raise
         except Exception:
-            log.exception("handler_crashed", consumer=self.name, subject=msg.subject)
+            delay = crash_delay(msg)
+            log.exception("handler_crashed", consumer=self.name, subject=msg.subject, retry_in=delay)
             with contextlib.suppress(Exception):
-                await msg.nak(delay=5.0)
+                await msg.nak(delay=delay)
         finally:
             self.in_flight -= 1
             self.handled += 1
@@ -181,6 +182,21 @@ class PullConsumer:
             wait = (self._requests[0][1] - time.monotonic() + 1.0) if self._requests else 1.0
             with anyio.move_on_after(max(0.05, wait)):
                 await self._wake.wait()
+
+
+CRASH_DELAY = 5.0
+"""Seconds before a message whose handler crashed comes back, doubling per delivery …"""
+MAX_CRASH_DELAY = 300.0
+"""… up to this: a message that always crashes its handler costs a log line every 5 minutes."""
+
+
+def crash_delay(msg: Msg) -> float:
+    """How long to hand back a message whose handler crashed: exponential in its deliveries."""
+    try:
+        delivered = max(1, int(msg.metadata.num_delivered))
+    except Exception:  # no JetStream metadata (a plain message): the first delay
+        delivered = 1
+    return min(MAX_CRASH_DELAY, CRASH_DELAY * 2.0 ** min(delivered - 1, 16))
 
 
 class Heartbeats:

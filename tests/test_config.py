@@ -62,3 +62,15 @@ def test_toml_loading_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_presets_parse_name_colon_prompt() -> None:
     cfg = config_from_dict({"edit": {"presets": ["手办化:Figure style", "bad line", "x：full width colon"]}})
     assert cfg.presets() == {"手办化": "Figure style", "x": "full width colon"}
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+def test_non_finite_numbers_are_refused_with_the_key(tmp_path: Path, value: str) -> None:
+    """TOML allows ``inf`` and ``nan``: a deadline of ``inf`` used to reach the router's events."""
+    path = tmp_path / "a.toml"
+    path.write_text(f"[policy]\nmax_retry_after = {value}\n[draw.local]\ntimeout = 5.0\n")
+    with pytest.raises(ConfigError, match=r"policy\.max_retry_after: must be a finite number"):
+        load_config(path)
+    path.write_text(f"[draw.grok]\ntimeout = {value}\n")
+    with pytest.raises(ConfigError, match=r"draw\.grok\.timeout: must be a finite number"):
+        load_config(path)
