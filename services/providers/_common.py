@@ -28,6 +28,7 @@ from ..config import NetworkConfig
 from ..errors import ConfigError, ProviderFailure
 from ..http import DownloadClient, read_body
 from ..logging import redact
+from ..redaction import mask_forms
 
 __all__ = (
     "Cooldown",
@@ -156,15 +157,14 @@ async def each_key(ring: KeyRing, call: Callable[[int, str], Awaitable[_T]], *, 
 
 
 def scrub(text: str, *secrets: str) -> str:
-    """``text`` with the given secrets (and every registered one) replaced by ``***``.
+    """``text`` with the given secrets (and every registered one) replaced by ``***``, in every
+    form an upstream echoes them in (raw, URL-encoded, base64 at any offset, JSON-escaped).
 
     For messages built from upstream bodies, which may echo a key or cookie back; the
     process-wide redactor only knows secrets registered at start, so callers pass the
     key of the call at hand explicitly.
     """
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return redact(text)
+    return redact(mask_forms(text, secrets))
 
 
 def short(text: str, limit: int = 200) -> str:

@@ -23,6 +23,7 @@ import structlog
 from ..errors import ProviderFailure
 from ..http import send_read
 from ..provider import AttemptContext, InputImage, Output
+from ..redaction import mask_forms
 from ._common import (
     Cooldown,
     b64decode_strict,
@@ -96,7 +97,7 @@ class Caller:
 
     def scrub(self, text: str) -> str:
         """``text`` with the key's value replaced by its position (upstreams echo keys in errors)."""
-        return text.replace(self.key, f"key #{self.key_index}") if self.key else text
+        return mask_forms(text, (self.key,), f"key #{self.key_index}") if self.key else text
 
     async def post(self, ctx: AttemptContext, path: str, **kwargs: Any) -> httpx.Response:
         """POST ``{base}/{path}`` with the key, bounded by both the block timeout and the attempt deadline."""
