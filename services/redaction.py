@@ -137,7 +137,7 @@ _USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<value>[^\s/?#
 _BEARER = re.compile(r"(?P<head>\b(?:bearer|token)\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})", re.IGNORECASE)
 _AUTH_HEADER = re.compile(
     r"(?P<head>\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?\s*(?:basic|bearer|digest|token)?\s*)"
-    r"(?P<value>[^\s\"',;&]{4,})",
+    r"(?P<value>(?!(?:basic|bearer|digest|token)\b)[^\s\"',;&]{4,})",
     re.IGNORECASE,
 )
 
@@ -362,16 +362,14 @@ def _webm(data: bytes) -> list[bytes] | None:
                 out.append(data[pos:body])
                 pos = body
                 continue
-            if unknown:  # a live-written element of unknown size: cannot skip it safely
+            if unknown or body + length > size:  # unknown size (live-written) or truncated
                 return None
-            if element == _CLUSTER:
-                pos = body + length
-                continue
-            out.append(data[pos : body + length])
+            if element != _CLUSTER:
+                out.append(data[pos : body + length])
             pos = body + length
     except (ValueError, IndexError):
         return None
-    return out if pos <= size + 1 else None
+    return out
 
 
 def metadata_segments(data: bytes) -> list[bytes] | None:

@@ -293,3 +293,8 @@ def test_scrub_masks_every_form_of_the_secret_of_the_call(form: str) -> None:
     caller = Caller(label="gw", base="http://gw/v1", key=COOKIE, key_index=2, timeout=1.0)
     said = caller.scrub(f"upstream said [{value}]")
     assert value not in said and "key #2" in said and leaked(said, COOKIE) == [], said
+
+
+def test_an_auth_header_whose_token_is_already_replaced_keeps_its_scheme() -> None:
+    assert mask_credentials("Authorization: Bearer key #2") == "Authorization: Bearer key #2"
+    assert mask_credentials("authorization=Basic dXNlcjpwYXNzd29yZA==") == "authorization=Basic ***"
