@@ -454,3 +454,36 @@ async def test_no_secret_in_any_form_anywhere(tmp_path: Path) -> None:
 
     assert serve.raw and raw_events and blobs and store_files
     assert leaks == []
+
+
+async def test_nats_credentials_in_the_url_are_not_printed(tmp_path: Path) -> None:
+    """``nats.url = "nats://user:password@host"``: ``aiimg serve`` announces the URL it serves on,
+    and a failing command prints its error; neither may repeat the password."""
+    server = EmbeddedServer(tmp_path / "nats", extra_args=["--user", NATS_USER, "--pass", NATS_PASSWORD])
+    url = server.start()
+    with_creds = url.replace("nats://", f"nats://{NATS_USER}:{NATS_PASSWORD}@")
+    wrong = url.replace("nats://", f"nats://{NATS_USER}:{NATS_PASSWORD}x@")
+    serve: ServeProcess | None = None
+    try:
+        config = write_toml(
+            tmp_path / "aiimg.toml",
+            {"data_dir": str(tmp_path / "data"), "nats": {"url": with_creds, "prefix": "u" + uuid.uuid4().hex[:8]}},
+        )
+        serve = ServeProcess(config, "router,local")
+        await serve.wait_for("stack_ready")
+        for _ in range(100):
+            if any("serving on" in line for line in serve.raw):
+                break
+            await anyio.sleep(0.05)
+        bad = write_toml(tmp_path / "bad.toml", {"data_dir": str(tmp_path / "data"), "nats": {"url": wrong}})
+        failed = await anyio.to_thread.run_sync(functools.partial(_cli, bad, "draw", "x"))
+    finally:
+        if serve is not None:
+            serve.stop()
+        server.stop()
+    announced = [line for line in serve.raw if "serving on" in line]
+    print("\n" + "".join(announced) + failed.stderr)
+    assert announced and "nats://***@127.0.0.1" in announced[0]
+    assert failed.returncode != 0 and "cannot connect to NATS" in failed.stderr
+    text = "".join(serve.raw) + failed.stdout + failed.stderr
+    assert NATS_PASSWORD not in text and quote(NATS_PASSWORD) not in text
