@@ -1,21 +1,27 @@
-"""What refusing results that embed a credential costs: ``python -m bench.secret_scan [--quick]``.
+"""What screening for secrets costs: ``python -m bench.secret_scan [--quick]``.
 
-The provider actor checks every result before storing it (``Redactor.embedded_in``). This
-measures that check on ~1 MB and ~10 MB results (PNG, JPEG, MP4) with 2 and 4 registered
-keys, against the alternative it replaces: searching every form of every key in all the bytes.
-Pixels are noise, so file sizes are their payloads, as for photos. Medians of several runs;
-single process, CPU only.
+1. Results. The provider actor checks every result before storing it (``Redactor.embedded_in``).
+   This measures that check on ~1 MB and ~10 MB results (PNG, JPEG, MP4) with 2 and 4
+   registered keys, against the alternative it replaces: searching every form of every key
+   in all the bytes. Pixels are noise, so file sizes are their payloads, as for photos.
+2. Log lines. A typical ``attempt_failed`` line through the production JSON pipeline
+   (``configure_logging``) with 0, 2, 4 and 10 registered secrets.
+
+Medians of several runs; single process, CPU only.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.logging import Redactor
+import structlog
+
+from services.logging import Redactor, configure_logging
 from services.redaction import byte_forms, metadata_segments
 from tests.fakes.media import jpeg_with, mp4_with_udta, noise_image, png_with_text
 
@@ -92,12 +98,39 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def log_line_us(secrets: int, lines: int = 5000) -> float:
+    """Microseconds per ``attempt_failed`` line rendered as JSON with ``secrets`` registered."""
+    saved = structlog.get_config()
+    try:
+        redactor = Redactor.of([f"sk-bench-key-{i:02d}-0123456789abcdefghij" for i in range(secrets)])
+        configure_logging("info", "json", io.StringIO(), redactor=redactor, capture_stdlib=False)
+        log = structlog.get_logger("aiimg.provider")
+        t0 = time.perf_counter()
+        for _ in range(lines):
+            log.info(
+                "attempt_failed",
+                job_id="1a2b3c4d5e6-0123456789abcdef",
+                attempt=1,
+                provider="grok",
+                reason="upstream_error",
+                message="grok HTTP 500: the upstream said something about the request of typical length",
+                status=500,
+                elapsed_ms=1234,
+            )
+        return (time.perf_counter() - t0) / lines * 1e6
+    finally:
+        structlog.configure(**saved)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.secret_scan", description=__doc__)
     p.add_argument("--quick", action="store_true", help="0.2 MB files, 3 runs")
     args = p.parse_args()
     rows = measure((0.2,), (2,), 3) if args.quick else measure()
     print(table(rows))
+    print()
+    for n in (0, 2, 4, 10):
+        print(f"log line, {n:>2} secrets: {log_line_us(n, 500 if args.quick else 5000):6.1f} us")
 
 
 if __name__ == "__main__":
