@@ -134,7 +134,12 @@ _QUERY_CREDENTIAL = re.compile(
     re.IGNORECASE,
 )
 _USERINFO = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<value>[^\s/?#@\"'<>\\]+)@")
-_BEARER = re.compile(r"(?P<head>\b(?:bearer|token)\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})", re.IGNORECASE)
+_BEARER = re.compile(
+    # ``Bearer <token>``: 8+ token characters, at least one of them a digit or a symbol (prose
+    # such as "bearer instrument" stays).
+    r"(?P<head>\bbearer\s+)(?P<value>(?=[A-Za-z]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{8,})",
+    re.IGNORECASE,
+)
 _AUTH_HEADER = re.compile(
     r"(?P<head>\b(?:proxy-)?authorization\b[\"']?\s*[:=]\s*[\"']?\s*(?:basic|bearer|digest|token)?\s*)"
     r"(?P<value>(?!(?:basic|bearer|digest|token)\b)[^\s\"',;&]{4,})",
@@ -149,7 +154,7 @@ def mask_credentials(text: str) -> str:
     if "=" in text or "%3" in text:
         text = _QUERY_CREDENTIAL.sub(r"\g<head>***", text)
     lower = text.lower()
-    if "bearer" in lower or "token" in lower:
+    if "bearer" in lower:
         text = _BEARER.sub(lambda m: m.group("head") + "***" if m.group("value") != "***" else m.group(0), text)
     if "authorization" in lower:
         text = _AUTH_HEADER.sub(lambda m: m.group("head") + "***" if m.group("value") != "***" else m.group(0), text)

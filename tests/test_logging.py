@@ -239,7 +239,10 @@ def test_userinfo_and_auth_headers_are_masked() -> None:
         assert secret not in masked, secret
     assert "https://***@gw.example/v1?x=1" in masked and "nats://***@10.0.0.1:4222" in masked
     # Ordinary URLs and words stay as they are.
-    plain = "see https://example.com/a?size=1&monkey=3 or key=value in prose; the token budget"
+    plain = (
+        "see https://example.com/a?size=1&monkey=3 or key=value in prose; the token exceeded its budget; "
+        "the bearer instrument; user@example.com wrote"
+    )
     assert mask_credentials(plain) == plain
 
 
