@@ -28,7 +28,7 @@ from messages import (
 from .client import Client
 from .config import Config, load_config
 from .errors import AiimgError, JobError
-from .logging import configure_logging
+from .logging import configure_logging, redact
 from .stack import Stack, open_bus, running
 
 __all__ = ("main",)
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except AiimgError as exc:
-        print(f"aiimg: {exc}", file=sys.stderr)
+        print(f"aiimg: {redact(str(exc))}", file=sys.stderr)
         return 2
     quiet_client = args.command != "serve" and not args.verbose
     configure_logging("warning" if quiet_client else config.log.level, config.log.format)
@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except AiimgError as exc:
-        print(f"aiimg: {exc}", file=sys.stderr)
+        print(f"aiimg: {redact(str(exc))}", file=sys.stderr)
         return 1
 
 
@@ -96,7 +96,8 @@ async def _serve(config: Config, only: str | None) -> int:
         stack = Stack.from_only(bus, only.split(",") if only else None)
         async with anyio.create_task_group() as tg:
             await tg.start(stack.run)
-            print(f"aiimg serving on {bus.nc.connected_url.geturl() if bus.nc.connected_url else '?'}", file=sys.stderr)
+            served = bus.nc.connected_url.geturl() if bus.nc.connected_url else "?"
+            print(f"aiimg serving on {redact(served)}", file=sys.stderr)  # the URL may hold user:password
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for _ in signals:
                     print("aiimg: stopping (finishing running jobs)…", file=sys.stderr)
@@ -140,7 +141,7 @@ async def _submit_and_wait(client: Client, op: Operation, args: argparse.Namespa
         print(str(out))
         return 0
     if isinstance(end, (JobFailed, JobCancelled, JobRejected)):
-        print(f"aiimg: {JobError(end)}", file=sys.stderr)
+        print(f"aiimg: {redact(str(JobError(end)))}", file=sys.stderr)
     return 1
 
 
@@ -156,7 +157,7 @@ _EXTENSIONS = {
 
 
 def _progress(text: str) -> None:
-    print(f"aiimg: {text}", file=sys.stderr, flush=True)
+    print(f"aiimg: {redact(text)}", file=sys.stderr, flush=True)
 
 
 def _show(event: JobEvent, started: float) -> None:
@@ -184,7 +185,7 @@ async def _trace(config: Config, job_id: str) -> int:
         print(f"aiimg: no events for job {job_id} (unknown, or expired by retention)", file=sys.stderr)
         return 1
     for line in format_trace([(e.writer, e.event) for e in job.entries]):
-        print(line)
+        print(redact(line))  # events written before secrets were screened may still hold one
     return 0
 
 

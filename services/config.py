@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote
 
 import msgspec
 
@@ -384,21 +385,49 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 _SECRET_KEYS = frozenset({"api_keys", "api_key", "apikey", "cookie_list", "password", "token"})
+_USERINFO = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^\s/?#@,]+)@")
+
+
+def _cookie_values(cookie: str) -> Iterator[str]:
+    """``a=1; b=2`` → ``1``, ``2`` (upstreams echo a cookie's value without its name)."""
+    for part in cookie.split(";"):
+        _, eq, value = part.partition("=")
+        if eq and len(value.strip()) >= 8:
+            yield value.strip()
 
 
 def _walk(value: Any, key: str = "") -> Iterator[str]:
     if isinstance(value, msgspec.Struct):
         for f in value.__struct_fields__:
             yield from _walk(getattr(value, f), f)
+    elif isinstance(value, dict):  # extra_body and other free-form tables
+        for k, v in value.items():
+            yield from _walk(v, str(k))
     elif key in _SECRET_KEYS:
         items = value if isinstance(value, list) else [value]
         for item in items:
             if isinstance(item, str) and item:
                 yield item
                 if key == "cookie_list" and ":" in item:
-                    yield item.split(":", 1)[1]
+                    cookie = item.split(":", 1)[1]
+                    yield cookie
+                    yield from _cookie_values(cookie)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _walk(item, key)
+    elif isinstance(value, str) and "@" in value:
+        # Credentials in a URL (``nats.url``, ``network.proxy``, a gateway ``base_url``):
+        # ``user:password`` and the password alone.
+        for userinfo in _USERINFO.findall(value):
+            _, colon, password = userinfo.partition(":")
+            if colon:
+                yield unquote(userinfo)
+                yield unquote(password)
+            elif len(userinfo) >= 16:  # ``https://<token>@host``; a plain user name is no secret
+                yield unquote(userinfo)
 
 
 def secret_values(config: Config) -> set[str]:
-    """Every secret string in ``config`` (keys, cookies, passwords), for log redaction."""
+    """Every secret string in ``config`` (keys, cookies and their values, passwords, URL
+    credentials), for log redaction."""
     return {s for s in _walk(config) if len(s) >= 4}

@@ -2,7 +2,15 @@
 
 Every line of a job carries ``job_id`` (and ``attempt`` / ``provider``) because actors
 handle each message inside ``structlog.contextvars.bound_contextvars(...)``.
-Known secret values are replaced by ``***`` in every line (:class:`Redactor`).
+
+Secrets never reach a line (issue 10). Known secret values — raw and in every encoding an
+upstream echoes them in (:func:`services.redaction.secret_forms`) — and credentials in URLs
+are replaced by ``***``. Twice: on the event's values before rendering (so structured
+values stay clean), and on the **rendered line** as the last processor, so whatever a
+renderer adds (a traceback, an exception message, a ``repr``) is covered too. Tracebacks are
+rendered without frame locals in both formats, so a secret the redactor does not know is
+not printed either. Records of stdlib loggers (nats, asyncio, httpx warnings) go through
+the same pipeline instead of Python's bare last-resort handler.
 """
 
 from __future__ import annotations
@@ -13,46 +21,108 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+
+from .redaction import blob_contains, byte_forms, has_userinfo, mask_credentials, secret_forms
 
 __all__ = ("REDACTOR", "Redactor", "configure_logging", "get_logger", "redact")
 
+_MAX_VALUE_DEPTH = 32
+"""Nested log values deeper than this are summarised, not walked (the rendered line is still
+redacted as a whole): a 5,000-deep upstream body must not make logging raise RecursionError."""
+
 
 class Redactor:
-    """A structlog processor that masks registered secret strings anywhere in an event dict."""
+    """The registered secrets, and every way of finding them: in log event dicts (as a
+    structlog processor), in rendered lines (:meth:`rendered`), in failure messages
+    (:meth:`redact`), in URLs (:meth:`url_leak`) and in result bytes (:meth:`embedded_in`)."""
 
-    __slots__ = ("_secrets",)
+    __slots__ = ("_narrow", "_secrets", "_texts", "_wide")
 
     def __init__(self) -> None:
-        self._secrets: tuple[str, ...] = ()
+        self._secrets: frozenset[str] = frozenset()
+        self._texts: tuple[str, ...] = ()
+        self._narrow: tuple[bytes, ...] = ()
+        self._wide: tuple[bytes, ...] = ()
+
+    @classmethod
+    def of(cls, secrets: Iterable[str]) -> Redactor:
+        redactor = cls()
+        redactor.register(secrets)
+        return redactor
 
     def register(self, secrets: Iterable[str]) -> None:
-        merged = set(self._secrets) | {s for s in secrets if s and len(s) >= 4}
+        """Add secrets; each is masked raw and in every form of :func:`secret_forms`."""
+        self._secrets = self._secrets | {s for s in secrets if s}
+        forms: set[str] = set()
+        for secret in self._secrets:
+            forms |= secret_forms(secret)
         # Longest first so a key that contains another key is masked whole.
-        self._secrets = tuple(sorted(merged, key=len, reverse=True))
+        self._texts = tuple(sorted(forms, key=lambda f: (-len(f), f)))
+        narrow, wide = byte_forms(forms)
+        self._narrow = tuple(sorted(narrow, key=len, reverse=True))
+        self._wide = tuple(sorted(wide, key=len, reverse=True))
 
-    def redact(self, text: str) -> str:
-        for s in self._secrets:
-            if s in text:
-                text = text.replace(s, "***")
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """Every masked form of every registered secret, longest first."""
+        return self._texts
+
+    def mask_secrets(self, text: str) -> str:
+        """``text`` with every form of every registered secret replaced by ``***``."""
+        for form in self._texts:
+            if form in text:
+                text = text.replace(form, "***")
         return text
 
-    def _value(self, value: Any) -> Any:
+    def redact(self, text: str) -> str:
+        """:meth:`mask_secrets`, then credentials in URLs and auth headers (for lines and messages)."""
+        return mask_credentials(self.mask_secrets(text))
+
+    def contains_secret(self, text: str) -> bool:
+        return any(form in text for form in self._texts)
+
+    def url_leak(self, url: str) -> str:
+        """Why ``url`` must not be stored (``""`` when it may): it carries a registered secret
+        in some form, or ``user:password@`` credentials. A signed CDN URL without our secrets
+        is fine — its signature was made for whoever holds the URL."""
+        if self.contains_secret(url):
+            return "contains a configured secret"
+        if has_userinfo(url):
+            return "carries userinfo credentials"
+        return ""
+
+    def embedded_in(self, data: bytes) -> bool:
+        """True when result bytes hold a registered secret in some form, where a file keeps
+        text (PNG text chunks, EXIF / XMP / comments, MP4 metadata boxes, trailing bytes)."""
+        return blob_contains(data, self._narrow, self._wide)
+
+    def _value(self, value: Any, depth: int = 0) -> Any:
         if isinstance(value, str):
             return self.redact(value)
-        if isinstance(value, dict):
-            return {k: self._value(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(self._value(v) for v in value)
         if isinstance(value, BaseException):
             return self.redact(f"{type(value).__name__}: {value}")
+        if isinstance(value, (dict, list, tuple)):
+            if depth >= _MAX_VALUE_DEPTH:
+                return f"<{type(value).__name__} nested deeper than {_MAX_VALUE_DEPTH} levels>"
+            if isinstance(value, dict):
+                return {k: self._value(v, depth + 1) for k, v in value.items()}
+            return type(value)(self._value(v, depth + 1) for v in value)
         return value
 
     def __call__(self, logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        if not self._secrets:
-            return event_dict
+        """structlog processor on the event dict, before rendering."""
         for key, value in list(event_dict.items()):
             event_dict[key] = self._value(value)
         return event_dict
+
+    def rendered(self, logger: Any, method: str, line: Any) -> Any:
+        """structlog processor after the renderer: the whole line, as printed."""
+        if isinstance(line, str):
+            return self.redact(line)
+        if isinstance(line, bytes):
+            return self.redact(line.decode("utf-8", "replace")).encode("utf-8")
+        return line
 
 
 REDACTOR = Redactor()
@@ -60,34 +130,91 @@ REDACTOR = Redactor()
 
 
 def redact(text: str) -> str:
-    """Mask every registered secret in ``text`` (for error messages and events)."""
+    """Mask every registered secret and URL credential in ``text`` (for error messages and events)."""
     return REDACTOR.redact(text)
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Configure structlog once for the process. ``fmt``: ``auto`` | ``json`` | ``console``."""
-    out = stream or sys.stderr
-    use_console = fmt == "console" or (fmt == "auto" and out.isatty())
+class _Stderr:
+    """``sys.stderr`` looked up at each write: a host (or a test runner) may swap it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _StdlibToStructlog(logging.Handler):
+    """Sends stdlib records (nats, asyncio, httpx warnings) through the structlog pipeline, so
+    they are rendered and redacted like our own lines instead of by Python's last resort."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            logger = structlog.get_logger(record.name)
+            kwargs: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                kwargs["exc_info"] = record.exc_info
+            logger.log(record.levelno, record.getMessage(), **kwargs)
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    stream: TextIO | None = None,
+    *,
+    redactor: Redactor | None = None,
+    capture_stdlib: bool = True,
+) -> None:
+    """Configure structlog once for the process. ``fmt``: ``auto`` | ``json`` | ``console``.
+
+    ``capture_stdlib``: route stdlib ``logging`` records at WARNING and above through the same
+    pipeline (off when embedded in a host that owns stdlib logging, such as AstrBot).
+    """
+    out: Any = stream or _Stderr()
+    red = redactor or REDACTOR
+    use_console = fmt == "console" or (fmt == "auto" and (stream or sys.stderr).isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        REDACTOR,
+        red,
     ]
     if use_console:
-        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+        # Not the default (rich) formatter: it prints every frame's locals — API keys included.
+        processors.append(
+            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+        )
     else:
-        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        processors += [
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+            structlog.processors.JSONRenderer(),
+        ]
+    processors.append(red.rendered)  # last: whatever the renderer added is redacted too
     # httpx logs every request URL at INFO through stdlib logging, and some upstreams
     # (Jimeng) carry keys in the query string: keep those loggers quiet whatever the host does.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if capture_stdlib:
+        root = logging.getLogger()
+        root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StdlibToStructlog)]
+        handler = _StdlibToStructlog(logging.WARNING)
+        root.addHandler(handler)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+def ensure_logging(level: str = "info", fmt: str = "auto") -> None:
+    """Configure logging unless the process already did (``aiimg`` CLI, a test). An embedding
+    host (AstrBot) would otherwise get structlog's default: rich tracebacks *with locals*
+    and no redaction. The host's stdlib logging is left alone."""
+    if not structlog.is_configured():
+        configure_logging(level, fmt, capture_stdlib=False)
 
 
 def get_logger(name: str) -> Any:

@@ -39,7 +39,7 @@ from .bus import Bus
 from .config import Config
 from .errors import BlobError, BusError, ProviderFailure
 from .http import DownloadClient, download_client, response_cap, upstream_client
-from .logging import redact
+from .logging import REDACTOR, redact
 from .media import MediaInfo, check_image, check_media
 from .runtime import Heartbeats, PullConsumer, describe
 from .settings import ProviderSettings
@@ -279,6 +279,8 @@ class ProviderActor:
             )
             if out.info is not None and out.info != info:
                 log.warning("provider_info_mismatch", claimed=repr(out.info), actual=repr(info))
+            if REDACTOR.embedded_in(out.data):  # e.g. a gateway echoing the request into a PNG text chunk
+                raise ProviderFailure("invalid_response", "result embeds a credential")
             ref = await self._store(out.data, info)
         except ProviderFailure as exc:
             return self._failed(d, exc.reason, exc.message, started, status=exc.status, retry_after=exc.retry_after)
@@ -300,7 +302,7 @@ class ProviderActor:
             attempt=d.attempt,
             provider=self.alias,
             result=ref,
-            source_url=out.source_url,
+            source_url=_screened_source_url(out.source_url),
             elapsed_ms=elapsed,
         )
 
@@ -396,6 +398,16 @@ class ProviderActor:
         state = (await self.bus.read_job(d.job_id)).folded(d.job_id)
         view = state.attempt(d.attempt)
         return not state.done and view is not None and view.open and view.provider == self.alias
+
+
+def _screened_source_url(url: str) -> str:
+    """``url``, or ``""`` when it must not be stored in events: it holds one of our secrets in
+    some form, or userinfo credentials. The result's bytes are in the blob store anyway."""
+    why = REDACTOR.url_leak(url) if url else ""
+    if why:
+        log.warning("source_url_dropped", reason=why)
+        return ""
+    return url
 
 
 def providers_for(config: Config, only: Sequence[str] | None = None) -> list[Provider]:

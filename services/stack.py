@@ -20,7 +20,7 @@ import structlog
 from .bus import Bus, connect
 from .config import Config, secret_values
 from .embedded import Credentials, EmbeddedServer, write_private
-from .logging import REDACTOR
+from .logging import REDACTOR, ensure_logging
 from .provider import Provider, ProviderActor, providers_for
 from .router import Router
 
@@ -77,6 +77,7 @@ def running_embedded_url(config: Config) -> str | None:
 async def open_bus(config: Config, *, announce: bool = False) -> AsyncIterator[Bus]:
     """Connect to ``nats.url``; if empty, to a running embedded ``serve``; else start one here."""
     REDACTOR.register(secret_values(config))
+    ensure_logging(config.log.level, config.log.format)  # an embedding host (AstrBot) configured none
     server: EmbeddedServer | None = None
     endpoint = Endpoint(config.nats.url) if config.nats.url else running_embedded(config)
     if endpoint is None:

@@ -74,3 +74,29 @@ def test_non_finite_numbers_are_refused_with_the_key(tmp_path: Path, value: str)
     path.write_text(f"[draw.grok]\ntimeout = {value}\n")
     with pytest.raises(ConfigError, match=r"draw\.grok\.timeout: must be a finite number"):
         load_config(path)
+
+
+def test_secrets_include_cookie_values_url_credentials_and_extra_body_keys() -> None:
+    cfg = config_from_dict(
+        {
+            "nats": {"url": "nats://aiimg:natsPassw0rd@10.0.0.1:4222,nats://b:4222"},
+            "network": {"proxy": "http://proxyuser:proxyPass99@127.0.0.1:7890"},
+            "draw": {
+                "jimeng": {"cookie_list": ["123:sessionid=abcdef0123456789; theme=dark"]},
+                "openai_compat": {
+                    "base_url": "https://gw-user:gwSecret77@gw.example/v1",
+                    "extra_body": {"api_key": "extra-body-key-1234", "quality": "high"},
+                },
+            },
+        }
+    )
+    secrets = secret_values(cfg)
+    assert {"natsPassw0rd", "proxyPass99", "gwSecret77", "gw-user:gwSecret77"} <= secrets
+    assert "abcdef0123456789" in secrets  # the cookie's value on its own: upstreams echo just that
+    assert "dark" not in secrets and "high" not in secrets  # short or not secret
+    assert "extra-body-key-1234" in secrets
+
+
+def test_a_plain_user_name_in_a_url_is_not_a_secret() -> None:
+    cfg = config_from_dict({"nats": {"url": "nats://aiimg@10.0.0.1:4222"}})
+    assert "aiimg" not in secret_values(cfg)

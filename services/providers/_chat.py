@@ -143,7 +143,7 @@ def _refs_in(value: Any, depth: int = 0) -> Iterator[Ref]:
             if key == "arguments" and isinstance(item, str):
                 try:
                     item = json.loads(item)
-                except ValueError:
+                except (ValueError, RecursionError):  # not JSON, or nested too deeply to walk
                     pass
             yield from _refs_in(item, depth + 1)
 

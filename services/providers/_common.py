@@ -28,6 +28,7 @@ from ..config import NetworkConfig
 from ..errors import ConfigError, ProviderFailure
 from ..http import DownloadClient, read_body
 from ..logging import redact
+from ..redaction import mask_forms
 
 __all__ = (
     "Cooldown",
@@ -37,6 +38,8 @@ __all__ = (
     "each_key",
     "failure_from_response",
     "image_from_item",
+    "json_body",
+    "json_value",
     "normalize_gemini_base",
     "normalize_openai_base",
     "parse_json",
@@ -154,15 +157,14 @@ async def each_key(ring: KeyRing, call: Callable[[int, str], Awaitable[_T]], *, 
 
 
 def scrub(text: str, *secrets: str) -> str:
-    """``text`` with the given secrets (and every registered one) replaced by ``***``.
+    """``text`` with the given secrets (and every registered one) replaced by ``***``, in every
+    form an upstream echoes them in (raw, URL-encoded, base64 at any offset, JSON-escaped).
 
     For messages built from upstream bodies, which may echo a key or cookie back; the
     process-wide redactor only knows secrets registered at start, so callers pass the
     key of the call at hand explicitly.
     """
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return redact(text)
+    return redact(mask_forms(text, secrets))
 
 
 def short(text: str, limit: int = 200) -> str:
@@ -225,7 +227,13 @@ def error_text(body: Any) -> str:
         for key in ("message", "msg", "detail"):
             if isinstance(body.get(key), str):
                 return str(body[key])
-    return json.dumps(body, ensure_ascii=False)[:300] if body is not None else ""
+    if body is None:
+        return ""
+    try:
+        return json.dumps(body, ensure_ascii=False)[:300]
+    except (RecursionError, TypeError, ValueError):
+        # Only a value no upstream JSON decoder here produces (they bound the depth); still typed.
+        raise ProviderFailure("invalid_response", "error body is not plain JSON (nested too deeply?)") from None
 
 
 def failure_from_response(
@@ -235,7 +243,7 @@ def failure_from_response(
     status = response.status_code
     if body is None:
         try:
-            body = response.json()
+            body = json_body(label, response)
         except ValueError:
             body = response.text
     text = error_text(body) if not isinstance(body, str) else body
@@ -273,8 +281,77 @@ def check_json_reply(label: str, response: httpx.Response) -> None:
         raise ProviderFailure("invalid_response", f"{label} returned an empty body", status=response.status_code)
 
 
+MAX_JSON_DEPTH = 64
+"""Deepest nesting accepted in an upstream JSON body. Real replies are under 10 levels; a
+5,000-deep body (10 KB) used to raise ``RecursionError`` in the decoder — a ``provider_bug``
+whose logged traceback held the key — and a body just under the decoder's limit would raise
+it later, in whatever walks it (``json.dumps``, ``repr``, the log redactor)."""
+
+
+def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when containers in ``value`` nest deeper than ``limit``. Iterative; only containers
+    are visited, so a ``b64_json`` reply (a few dicts, one long string) costs microseconds."""
+    if type(value) is not dict and type(value) is not list:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        container, depth = stack.pop()
+        for child in container.values() if type(container) is dict else container:
+            kind = type(child)
+            if kind is dict or kind is list:
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _nested_too_deeply(label: str, status: int) -> ProviderFailure:
+    return ProviderFailure(
+        "invalid_response", f"{label} returned JSON nested deeper than {MAX_JSON_DEPTH} levels", status=status
+    )
+
+
+def json_value(label: str, content: bytes | str, *, status: int = 0) -> Any:
+    """Decode a JSON body: the value, ``ValueError`` when it is not JSON, and
+    ``ProviderFailure(invalid_response)`` when it nests deeper than :data:`MAX_JSON_DEPTH`."""
+    try:
+        # msgspec parses straight from the bytes: ``response.json()`` would first decode the
+        # whole body into a str and then copy every string out of it — for a 4K ``b64_json``
+        # answer that is two extra copies of ~35 MB (docs/benchmarks.md, memory figure).
+        value = msgspec.json.decode(content)
+    except RecursionError:
+        raise _nested_too_deeply(label, status) from None
+    except (msgspec.DecodeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+    if _too_deep(value):
+        raise _nested_too_deeply(label, status)
+    return value
+
+
+def json_body(label: str, response: Any) -> Any:
+    """``response.json()`` for error bodies and polls, with the depth bound of :func:`json_value`.
+
+    Like ``httpx.Response.json`` it raises ``ValueError`` for a body that is not JSON (callers
+    then use the text), and like :func:`parse_json` ``invalid_response`` for one nested too deeply.
+    """
+    content = response.content
+    try:
+        return json_value(label, content, status=response.status_code)
+    except ValueError:
+        pass
+    # Not UTF-8 JSON for msgspec: the stdlib decoder also takes UTF-16/32 and NaN, as httpx does.
+    try:
+        value = json.loads(content)
+    except RecursionError:
+        raise _nested_too_deeply(label, response.status_code) from None
+    if _too_deep(value):
+        raise _nested_too_deeply(label, response.status_code)
+    return value
+
+
 def parse_json(label: str, response: Any) -> Any:
-    """The JSON body of a 2xx response, or ``invalid_response`` for HTML / malformed / empty bodies."""
+    """The JSON body of a 2xx response, or ``invalid_response`` for HTML / malformed / empty /
+    too deeply nested bodies."""
     ctype = response.headers.get("content-type", "")
     text_head = response.content[:64].lstrip().lower()
     if "html" in ctype or text_head.startswith((b"<!doctype", b"<html")):
@@ -285,11 +362,8 @@ def parse_json(label: str, response: Any) -> Any:
     if not content[:4096].strip() and not content.strip():
         raise ProviderFailure("invalid_response", f"{label} returned an empty body", status=response.status_code)
     try:
-        # msgspec parses straight from the bytes: ``response.json()`` would first decode the
-        # whole body into a str and then copy every string out of it — for a 4K ``b64_json``
-        # answer that is two extra copies of ~35 MB (docs/benchmarks.md, memory figure).
-        return msgspec.json.decode(content)
-    except (msgspec.DecodeError, UnicodeDecodeError, ValueError):
+        return json_value(label, content, status=response.status_code)
+    except ValueError:
         raise ProviderFailure(
             "invalid_response", f"{label} returned malformed JSON", status=response.status_code
         ) from None

@@ -15,7 +15,7 @@ import httpx
 from messages import Reason
 
 from ..errors import ProviderFailure
-from ._common import error_text, failure_from_response, scrub, short
+from ._common import error_text, failure_from_response, json_body, scrub, short
 
 __all__ = ("classify", "gitee_failure", "gitee_headers", "gitee_message")
 
@@ -68,7 +68,7 @@ def classify(
 def gitee_failure(label: str, resp: httpx.Response, *, position: int, key: str) -> ProviderFailure:
     """Map an HTTP error from Gitee; the key is scrubbed from anything the body echoes."""
     try:
-        body: Any = resp.json()
+        body: Any = json_body(label, resp)
     except ValueError:
         body = resp.text
     text = scrub(gitee_message(body), key)

@@ -23,6 +23,7 @@ import structlog
 from ..errors import ProviderFailure
 from ..http import send_read
 from ..provider import AttemptContext, InputImage, Output
+from ..redaction import mask_forms
 from ._common import (
     Cooldown,
     b64decode_strict,
@@ -32,6 +33,7 @@ from ._common import (
     error_text,
     failure_from_response,
     join,
+    json_body,
     parse_json,
     short,
 )
@@ -95,7 +97,7 @@ class Caller:
 
     def scrub(self, text: str) -> str:
         """``text`` with the key's value replaced by its position (upstreams echo keys in errors)."""
-        return text.replace(self.key, f"key #{self.key_index}") if self.key else text
+        return mask_forms(text, (self.key,), f"key #{self.key_index}") if self.key else text
 
     async def post(self, ctx: AttemptContext, path: str, **kwargs: Any) -> httpx.Response:
         """POST ``{base}/{path}`` with the key, bounded by both the block timeout and the attempt deadline."""
@@ -110,9 +112,9 @@ class Caller:
         return await send_read(ctx.http, request)
 
 
-def _body_of(response: httpx.Response) -> Any:
+def _body_of(label: str, response: httpx.Response) -> Any:
     try:
-        return response.json()
+        return json_body(label, response)
     except ValueError:
         return response.text
 
@@ -121,7 +123,7 @@ def openai_failure(caller: Caller, response: httpx.Response, body: Any = None) -
     """Typed failure for an OpenAI-shaped error (``{"error":{"message","type","code"}}``, or xAI's
     ``{"code","error"}``), with the key's value stripped. Falls back to the generic mapping."""
     if body is None:
-        body = _body_of(response)
+        body = _body_of(caller.label, response)
     err = body.get("error") if isinstance(body, dict) else None
     details = err if isinstance(err, dict) else body if isinstance(body, dict) else {}
     code = str(details.get("code") or "")
@@ -235,7 +237,7 @@ class ImagesAPI:
             response = await send(smaller)
         if response.status_code == 404:
             self.cooldown.park(operation)
-            body = _body_of(response)
+            body = _body_of(caller.label, response)
             detail = short(caller.scrub(error_text(body) if not isinstance(body, str) else body), 160)
             raise ProviderFailure("unsupported", f"{caller.label} {operation} HTTP 404: {detail}", status=404)
         if not response.is_success:
@@ -274,8 +276,8 @@ class ImagesAPI:
         del response
         try:
             lean = _LEAN.decode(content)
-        except (msgspec.DecodeError, UnicodeDecodeError, ValueError):
-            lean = None
+        except (msgspec.DecodeError, UnicodeDecodeError, ValueError, RecursionError):
+            lean = None  # the general path below reports what is wrong (RecursionError: nested too deeply)
         if lean is not None and lean.data:
             raw = memoryview(lean.data[0].b64_json)
             # A JSON string with an escape (``\/``) is not strict base64 and takes the general path.

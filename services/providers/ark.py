@@ -29,6 +29,7 @@ from ._common import (
     failure_from_response,
     image_from_item,
     join,
+    json_body,
     parse_json,
     retry_after_seconds,
     scrub,
@@ -204,7 +205,7 @@ async def _image(ctx: AttemptContext, data: Any, key: str) -> Output:
 
 def _http_failure(resp: httpx.Response, position: int, key: str) -> ProviderFailure:
     try:
-        body: Any = resp.json()
+        body: Any = json_body(LABEL, resp)
     except ValueError:
         body = None
     error = body.get("error") if isinstance(body, dict) else None

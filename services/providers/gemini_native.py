@@ -31,6 +31,7 @@ from ._common import (
     decode_base64,
     each_key,
     join,
+    json_body,
     normalize_gemini_base,
     parse_json,
     retry_after_seconds,
@@ -257,7 +258,7 @@ def extract_image(data: dict[str, Any]) -> bytes:
 
 def _http_failure(resp: httpx.Response, position: int, key: str) -> ProviderFailure:
     try:
-        body = resp.json()
+        body = json_body(LABEL, resp)
     except ValueError:
         body = None
     error = body.get("error") if isinstance(body, dict) else None

@@ -23,7 +23,17 @@ from ..errors import ProviderFailure
 from ..media import sniff_mime
 from ..provider import AttemptContext, InputImage, Output, Provider
 from ..settings import GiteeAsyncSettings
-from ._common import KeyRing, decode_base64, download, each_key, join, normalize_openai_base, parse_json, scrub
+from ._common import (
+    KeyRing,
+    decode_base64,
+    download,
+    each_key,
+    join,
+    json_body,
+    normalize_openai_base,
+    parse_json,
+    scrub,
+)
 from ._gitee import classify, gitee_failure, gitee_headers, gitee_message
 
 __all__ = ("TASK_TYPES", "GiteeAsyncProvider", "task_types_for")
@@ -164,7 +174,7 @@ async def _poll_once(http: httpx.AsyncClient, url: str, position: int, key: str)
     if resp.status_code >= 400:
         raise gitee_failure(f"{LABEL} task", resp, position=position, key=key)
     try:
-        task = resp.json()
+        task = json_body(LABEL, resp)
     except ValueError:
         log.info("poll_invalid_body")
         return None

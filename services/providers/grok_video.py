@@ -39,6 +39,7 @@ from ._common import (
     error_text,
     failure_from_response,
     join,
+    json_body,
     normalize_openai_base,
     parse_json,
     short,
@@ -271,7 +272,7 @@ class _Attempt:
             body: Any = "an HTML error page"
         else:
             try:
-                body = resp.json()
+                body = json_body(LABEL, resp)
             except ValueError:
                 body = resp.text
         text = body if isinstance(body, str) else error_text(body)

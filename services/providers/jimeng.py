@@ -26,7 +26,7 @@ from ..errors import ProviderFailure
 from ..provider import AttemptContext, Output, Provider
 from ..settings import JimengSettings
 from ..sizes import parse_output
-from ._common import KeyRing, download, each_key, failure_from_response, parse_json, scrub, short
+from ._common import KeyRing, download, each_key, failure_from_response, json_body, parse_json, scrub, short
 
 __all__ = ("RATIOS", "JimengProvider", "parse_cookie", "pick_ratio")
 
@@ -151,7 +151,7 @@ def _http_failure(resp: httpx.Response, position: int, secrets: tuple[str, ...])
     if resp.status_code in (401, 403):
         return ProviderFailure("auth", f"{LABEL}: cookie #{position} or apikey rejected ({resp.status_code})")
     try:
-        body: Any = resp.json()
+        body: Any = json_body(LABEL, resp)
     except ValueError:
         body = resp.text
     if isinstance(body, dict):
