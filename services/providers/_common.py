@@ -450,9 +450,17 @@ async def download(
     origin = _origin(url)
     with anyio.fail_after(timeout or net.download_timeout):
         for _ in range(net.max_redirects + 1):
-            parts = urlsplit(current)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
+            try:
+                parts = urlsplit(current)
+                hostname = parts.hostname
+                parts.port  # noqa: B018 - raises ValueError for a port out of range
+            except ValueError:  # "http://[::1/x", "http://h:99999/"
+                raise ProviderFailure("invalid_response", f"{label}: not a valid URL") from None
+            if parts.scheme not in ("http", "https") or not hostname:
                 raise ProviderFailure("invalid_response", f"{label}: refusing URL scheme {parts.scheme or '?'}")
+            if parts.username is not None or parts.password is not None:
+                # Credentials inside a URL named by an upstream or a chat: never sent anywhere.
+                raise ProviderFailure("invalid_response", f"{label}: refusing a URL with credentials in it")
             sent = dict(headers) if headers and _origin(current) == origin else None
             try:
                 async with http.stream("GET", current, headers=sent, follow_redirects=False) as resp:
@@ -481,7 +489,10 @@ async def download(
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "", "", None
     try:
         port = parts.port
     except ValueError:

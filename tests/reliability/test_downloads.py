@@ -536,3 +536,21 @@ async def test_a_provider_actor_calls_a_lan_api_but_downloads_only_public_urls(
     assert isinstance(end, JobFailed)
     assert failed.reason == "invalid_response" and "private address: 127.0.0.1" in failed.message, failed
     assert [r.path for r in server.requests] == ["/v1/images/generations"]
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://[::1/broken.png", "not a valid URL"),
+        ("http://example.com:99999/x.png", "not a valid URL"),
+        ("http://user:sk-secret@example.com/x.png", "credentials"),
+        ("https://only-a-user@example.com/x.png", "credentials"),
+    ],
+)
+async def test_malformed_urls_and_urls_with_credentials_are_typed_failures(
+    open_client: DownloadClient, url: str, why: str
+) -> None:
+    """They used to raise ValueError inside the provider (an internal error, its traceback logged)."""
+    with pytest.raises(ProviderFailure) as err:
+        await download(open_client, url, _net())
+    assert err.value.reason == "invalid_response" and why in err.value.message

@@ -228,8 +228,8 @@ class EchoingUpstream(FakeUpstream):
             url = f"{self.url}/files/fox.png?X-Tos-Expires=60&X-Tos-Signature={SIGNATURE}"
             return json_reply({"data": [{"url": url}]})
         if "bug" in prompt:
-            # Not a URL the download code can parse: it raises ValueError inside the provider's
-            # call(position, key) — a provider bug, logged with its traceback.
+            # Not a URL the download code can parse: a typed invalid_response (it used to raise
+            # ValueError inside the provider's call(position, key), a bug logged with the key as a local).
             return json_reply({"data": [{"url": "http://[::1/broken.png"}]})
         return json_reply({"data": [{"b64_json": base64.b64encode(png_bytes(color=(1, 2, 3))).decode()}]})
 
@@ -288,8 +288,7 @@ JOBS = (
     ("ark", "png b64url", "completed"),
     ("gitee", "basic bug", "failed"),
     ("grok", "signed", "completed"),
-    # Today the HTTP transport refuses a URL with userinfo (ValueError: a provider bug, its
-    # traceback logged); should it fetch it, the job completes and source_url must be dropped.
+    # A result URL with userinfo is never fetched (the key would go to whoever it names).
     ("grok", "userinfo", "either"),
 )
 
@@ -405,26 +404,22 @@ async def test_no_secret_in_any_form_anywhere(tmp_path: Path) -> None:
         ("gitee", "upstream_error"),
         ("gemini_openai", "invalid_response"),
         ("ark", "invalid_response"),
-        ("grok", "upstream_error"),
+        ("grok", "invalid_response"),
     } <= reasons, reasons
     print("\n".join(sorted(f"{p}: {r}: {m}" for p, r, m in failures)))
     assert ("ark", "invalid_response", "result embeds a credential") in failures
     assert any(p == "gemini_openai" and "nested deeper" in m for p, _, m in failures), failures
-    assert bugs, "no upstream reply triggered a provider bug: find another one (this covers frame locals)"
-    frames = [f for bug in bugs for exc in bug["exception"] for f in exc["frames"]]
-    assert any(f["name"] == "call" for f in frames), "the traceback reaches the frame that holds the key"
-    assert not any("locals" in f for f in frames)
+    # Malformed and credential-carrying URLs are typed failures, not provider bugs (a bug's
+    # traceback with the key as a frame local: test_a_provider_bug_logs_its_traceback_without_locals).
+    assert bugs == [], bugs
+    assert any(p == "grok" and "not a valid URL" in m for p, _, m in failures), failures
     # source_url: dropped when it carries our key (query or userinfo), kept for a signed CDN URL.
     succeeded = {job_id: [e for e in events if isinstance(e, AttemptSucceeded)] for job_id, events in histories.items()}
     dropped = ["deep srcurl", "png b64url"]
     userinfo_end = histories[by_prompt["userinfo"]][-1]
-    if isinstance(userinfo_end, JobCompleted):
-        dropped.append("userinfo")
-    else:
-        assert (userinfo_end.failures[0].provider, userinfo_end.failures[0].message) == (
-            "grok",
-            "internal error: ValueError",
-        )
+    assert isinstance(userinfo_end, JobFailed)
+    assert userinfo_end.failures[0].provider == "grok"
+    assert "refusing a URL with credentials" in userinfo_end.failures[0].message
     for prompt in dropped:
         (ok,) = succeeded[by_prompt[prompt]]
         assert ok.provider == "grok" and ok.source_url == "", (prompt, ok.source_url)
@@ -487,3 +482,44 @@ async def test_nats_credentials_in_the_url_are_not_printed(tmp_path: Path) -> No
     assert failed.returncode != 0 and "cannot connect to NATS" in failed.stderr
     text = "".join(serve.raw) + failed.stdout + failed.stderr
     assert NATS_PASSWORD not in text and quote(NATS_PASSWORD) not in text
+
+
+async def test_a_provider_bug_logs_its_traceback_without_locals(nats_url: str, tmp_path: Path) -> None:
+    """A provider that crashes while the key is a local variable: the ``provider_bug`` line has
+    the traceback (where it happened) but no frame locals, and no form of the key."""
+    from services.client import Client
+    from services.logging import Redactor, configure_logging
+    from services.stack import Stack, running
+
+    from ..conftest import make_config
+    from ..helpers import ScriptedProvider
+
+    key = KEY_GROK
+
+    async def buggy(ctx: Any) -> Any:
+        api_key = key  # a frame local holding the key, as in every provider's call(position, key)
+        raise RuntimeError("unexpected reply shape " + str(len(api_key)))
+
+    out = io.StringIO()
+    redactor = Redactor()
+    redactor.register([key])
+    configure_logging("info", "json", out, redactor=redactor, capture_stdlib=False)
+    try:
+        config = make_config(nats_url, tmp_path)
+        bus = await connect(config)
+        try:
+            await bus.ensure_layout()
+            async with running(Stack(bus, providers=[ScriptedProvider(config, "local", buggy)])):
+                client = Client(bus)
+                end = await client.wait(await client.submit("draw", "crash", output="64x64"), timeout=30)
+        finally:
+            await bus.close()
+    finally:
+        configure_logging("info", "console", capture_stdlib=False)
+    lines = [json.loads(line) for line in out.getvalue().splitlines() if line.startswith("{")]
+    bugs = [line for line in lines if line.get("event") == "provider_bug"]
+    assert isinstance(end, JobFailed) and bugs
+    frames = [f for bug in bugs for exc in bug["exception"] for f in exc["frames"]]
+    assert any(f["name"] == "buggy" for f in frames), "the traceback reaches the frame that holds the key"
+    assert not any("locals" in f for f in frames)
+    assert scan(out.getvalue(), "log") == []
