@@ -102,9 +102,17 @@ CASES = [
 ]
 
 
+# A 5xx poll is a blip polled through without reading its body: no (poll, 500) case.
+_PARAMS = [
+    pytest.param(*case, status, id=f"{'-'.join(case)}-{status}")
+    for case in CASES
+    for status in (200, 400, 500)
+    if not (case[3] == "poll" and status >= 500)
+]
+
+
 @pytest.mark.parametrize("shape", sorted(SHAPES))
-@pytest.mark.parametrize("status", [200, 400, 500])
-@pytest.mark.parametrize(("alias", "mode", "op", "where"), CASES, ids=["-".join(c) for c in CASES])
+@pytest.mark.parametrize(("alias", "mode", "op", "where", "status"), _PARAMS)
 async def test_deeply_nested_reply_is_invalid_response(
     upstream: FakeUpstream,
     http: httpx.AsyncClient,
@@ -115,8 +123,6 @@ async def test_deeply_nested_reply_is_invalid_response(
     status: int,
     shape: str,
 ) -> None:
-    if where == "poll" and status >= 500:
-        pytest.skip("a 5xx poll is a blip polled through without reading the body")
     assert len(SHAPES["arrays"]) == 10_000
     deep = _deep(shape, status)
     if where == "all":
