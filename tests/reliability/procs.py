@@ -132,3 +132,20 @@ class ServeProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._thread.join(timeout=5)
+
+
+async def raw_job_messages(bus: Any, job_id: str) -> list[bytes]:
+    """Every stored message of a job, undecoded (what a scan for leaked secrets must read)."""
+    from nats.js.errors import NotFoundError
+
+    out: list[bytes] = []
+    seq = 1
+    while True:
+        try:
+            msg = await bus.js.get_msg(
+                bus.names.jobs_stream, seq=seq, subject=bus.names.subject("history", job_id), next=True
+            )
+        except NotFoundError:
+            return out
+        out.append(msg.data or b"")
+        seq = (msg.seq or seq) + 1

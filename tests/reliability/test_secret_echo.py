@@ -50,7 +50,7 @@ from services.config import load_config
 from services.embedded import EmbeddedServer
 
 from ..fakes.server import FakeUpstream, Reply, Request, json_reply
-from .procs import ROOT, ServeProcess, write_toml
+from .procs import ROOT, ServeProcess, raw_job_messages, write_toml
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -330,16 +330,7 @@ async def test_no_secret_in_any_form_anywhere(tmp_path: Path) -> None:
                     for e in histories[job_id]:
                         if isinstance(e, AttemptSucceeded):
                             blobs[e.result.name] = await store.get(e.result)
-                    seq = 1
-                    while True:
-                        try:
-                            msg = await bus.js.get_msg(
-                                bus.names.jobs_stream, seq=seq, subject=bus.names.subject("history", job_id), next=True
-                            )
-                        except Exception:
-                            break
-                        raw_events.append(msg.data or b"")
-                        seq = (msg.seq or seq) + 1
+                    raw_events += await raw_job_messages(bus, job_id)
             finally:
                 await bus.close()
             serve.stop()

@@ -27,7 +27,7 @@ from services.config import load_config
 from services.embedded import EmbeddedServer
 
 from ..fakes.server import FakeUpstream, Reply, Request, json_reply
-from .procs import ROOT, ServeProcess, write_toml
+from .procs import ROOT, ServeProcess, raw_job_messages, write_toml
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -143,16 +143,7 @@ async def test_no_secret_in_logs_events_traces_errors_or_store_files(tmp_path: P
                 histories = {}
                 for job_id in job_ids:
                     histories[job_id] = [e for _, e in await bus.history(job_id)]
-                    seq = 1
-                    while True:
-                        try:
-                            msg = await bus.js.get_msg(
-                                bus.names.jobs_stream, seq=seq, subject=bus.names.subject("history", job_id), next=True
-                            )
-                        except Exception:
-                            break
-                        raw_events.append(msg.data or b"")
-                        seq = (msg.seq or seq) + 1
+                    raw_events += await raw_job_messages(bus, job_id)
             finally:
                 await bus.close()
             serve.stop()
