@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from services.selfie import looks_like_selfie
-from services.sizes import parse_output, split_output_suffix
+from ..services.app.selfie import looks_like_selfie
+from ..services.domain.sizes import parse_output, split_output_suffix
 
 __all__ = (
     "COMMANDS",

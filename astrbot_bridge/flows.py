@@ -19,13 +19,12 @@ from astrbot.api import logger
 from astrbot.api import message_components as Comp
 from astrbot.api.event import MessageChain
 
-from messages import JobCompleted, Operation
-from services.client import Client
-from services.config import Config
-from services.errors import AiimgError
-from services.providers._common import download
-from services.selfie import SelfieError, submit_selfie, webui_references
-
+from ..messages import JobCompleted, Operation
+from ..services.app.client import Client
+from ..services.app.selfie import SelfieError, submit_selfie, webui_references
+from ..services.domain.config import Config
+from ..services.domain.errors import AiimgError
+from ..services.providers._common import download
 from . import texts
 from .commands import Request, find_command, parse, resolve_tool_mode, valid_output
 from .feedback import FAILED, PROCESSING, SUCCEEDED, Debouncer, UserSlots, react

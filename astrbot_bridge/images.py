@@ -25,7 +25,7 @@ from astrbot.api import logger
 from astrbot.api import message_components as Comp
 from PIL import Image as PILImage
 
-from services.media import sniff_mime
+from ..services.infra.media import sniff_mime
 
 __all__ = ("AVATAR_URL", "avatar_url", "collect_images", "image_bytes", "mentioned_users")
 

@@ -17,16 +17,16 @@ import contextlib
 import os
 from pathlib import Path
 
-from messages import JobRequested, Operation
-from services.bus import Bus
-from services.client import Client
-from services.config import Config
-from services.embedded import find_nats_server
-from services.errors import AiimgError, EmbeddedServerError
-from services.http import DownloadClient, download_client
-from services.routing import plan_chain
-from services.selfie import ReferenceStore
-from services.stack import Stack, open_bus, running
+from ..messages import JobRequested, Operation
+from ..services.app.client import Client
+from ..services.app.selfie import ReferenceStore
+from ..services.app.stack import Stack, open_bus, running
+from ..services.domain.config import Config
+from ..services.domain.errors import AiimgError, EmbeddedServerError
+from ..services.domain.routing import plan_chain
+from ..services.infra.bus import Bus
+from ..services.infra.embedded import find_nats_server
+from ..services.infra.http import DownloadClient, download_client
 
 __all__ = ("BusRuntime", "wait_budget")
 

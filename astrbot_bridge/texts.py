@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from messages import FailureSummary, JobCancelled, JobFailed, JobRejected, Reason
+from ..messages import FailureSummary, JobCancelled, JobFailed, JobRejected, Reason
 
 __all__ = (
     "ACK",

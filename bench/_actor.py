@@ -17,11 +17,12 @@ from pathlib import Path
 import anyio
 import httpx
 
-from services.bus import connect
-from services.config import Config, config_from_dict
-from services.logging import configure_logging
-from services.provider import Provider, ProviderActor
-from services.stack import Stack
+from aiimg.services.actors.provider import ProviderActor
+from aiimg.services.app.stack import Stack
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.infra.bus import connect
+from aiimg.services.infra.logging import configure_logging
+from aiimg.services.providers.base import Provider
 
 from ._sharded import sharded_client
 
@@ -31,7 +32,7 @@ def _providers(aliases: list[str], impl: str, config: Config) -> list[Provider]:
         from ._provider import bench_provider
 
         return [bench_provider(a)(config) for a in aliases]
-    from services.providers import load_provider
+    from aiimg.services.providers.catalog import load_provider
 
     return [load_provider(a, config) for a in aliases]
 

@@ -24,9 +24,9 @@ from typing import Any
 import anyio
 import httpx
 
-from services.bus import Bus, connect
-from services.config import Config, config_from_dict
-from services.embedded import EmbeddedServer
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.infra.bus import Bus, connect
+from aiimg.services.infra.embedded import EmbeddedServer
 
 __all__ = ("ActorProc", "Env", "Sizes", "UpstreamProc", "proc_status")
 

@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 import httpx
 
-from messages import (
+from aiimg.messages import (
     AttemptDispatched,
     AttemptFailed,
     AttemptSucceeded,
@@ -30,11 +30,11 @@ from messages import (
     JobCompleted,
     JobRequested,
 )
-from services.blobs import BlobStore
-from services.bus import Bus
-from services.client import Client
-from services.config import Config
-from services.http import upstream_client
+from aiimg.services.app.client import Client
+from aiimg.services.domain.config import Config
+from aiimg.services.infra.blobs import BlobStore
+from aiimg.services.infra.bus import Bus
+from aiimg.services.infra.http import upstream_client
 
 from . import _hops
 from ._env import KEY, ROOT, ActorProc, Env, cpu_seconds, openai_block, proc_status, reset_peak

@@ -26,20 +26,20 @@ from typing import Any
 import anyio
 import httpx
 
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.infra.http import upstream_client
+from aiimg.services.providers._common import b64decode_strict
+from aiimg.services.providers._images_api import _LEAN as LEAN_REPLY
 from bench._env import KEY, proc_status, reset_peak
 from bench._sharded import sharded_client
-from services.config import Config, config_from_dict
-from services.http import upstream_client
-from services.providers._common import b64decode_strict
-from services.providers._images_api import _LEAN as LEAN_REPLY
 
 
 async def jobs(config: Config, n: int, submitters: int, timeout: float) -> dict[str, Any]:
     import os
 
-    from messages import decode_event
-    from services.bus import connect
-    from services.client import Client
+    from aiimg.messages import decode_event
+    from aiimg.services.app.client import Client
+    from aiimg.services.infra.bus import connect
 
     bus = await connect(config)
     try:

@@ -14,9 +14,9 @@ import binascii
 
 import httpx
 
-from messages import Reason
-from services.errors import ProviderFailure
-from services.provider import AttemptContext, Output, Provider
+from aiimg.messages import Reason
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.providers.base import AttemptContext, Output, Provider
 
 __all__ = ("BenchProvider", "bench_provider")
 

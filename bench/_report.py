@@ -42,7 +42,7 @@ def machine() -> dict[str, Any]:
 
 
 def _nats_server() -> str:
-    from services.embedded import find_nats_server
+    from aiimg.services.infra.embedded import find_nats_server
 
     return find_nats_server()
 

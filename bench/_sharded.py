@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from services.http import SHARD, ShardedTransport
+from aiimg.services.infra.http import SHARD, ShardedTransport
 
 __all__ = ("SHARD", "ShardedTransport", "sharded_client")
 

@@ -39,8 +39,8 @@ from typing import Any
 import anyio
 from PIL import Image
 
-from services.media import check_png_stream, inspect_image, open_image, sniff_mime
-from services.providers.local import render
+from aiimg.services.infra.media import check_png_stream, inspect_image, open_image, sniff_mime
+from aiimg.services.providers.local import render
 
 Check = Callable[[bytes], None]
 

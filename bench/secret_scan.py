@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from services.logging import Redactor, configure_logging
-from services.redaction import byte_forms, metadata_segments
+from aiimg.services.infra.logging import Redactor, configure_logging
+from aiimg.services.infra.redaction import byte_forms, metadata_segments
 from tests.fakes.media import jpeg_with, mp4_with_udta, noise_image, png_with_text
 
 KEYS = (

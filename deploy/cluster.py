@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "deploy"))
 from permissions import inbox_prefix, password_var, roles, user_name  # noqa: E402
 
-from services.embedded import find_nats_server  # noqa: E402
+from aiimg.services.infra.embedded import find_nats_server  # noqa: E402
 
 __all__ = ("LoopbackCluster", "Node")
 

@@ -47,8 +47,8 @@ HELM_VALUES = ROOT / "deploy" / "k8s" / "nats-values.yaml"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
 sys.path.insert(0, str(ROOT))
-from messages import Names  # noqa: E402
-from services.config import CAPABILITIES  # noqa: E402
+from aiimg.messages import Names  # noqa: E402
+from aiimg.services.domain.config import CAPABILITIES  # noqa: E402
 
 PROVIDERS: tuple[str, ...] = tuple(sorted(CAPABILITIES))
 """Every provider alias aiimg knows (one user each)."""

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from services.bus import Bus, connect
-from services.config import Config, config_from_dict
-from services.embedded import EmbeddedServer, find_nats_server
-from services.http import DownloadClient, download_client
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.infra.bus import Bus, connect
+from aiimg.services.infra.embedded import EmbeddedServer, find_nats_server
+from aiimg.services.infra.http import DownloadClient, download_client
 
 from .fakes.server import FakeUpstream
 

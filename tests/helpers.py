@@ -12,10 +12,10 @@ from typing import Any
 import anyio
 from PIL import Image
 
-from messages import Reason
-from services.config import Config
-from services.errors import ProviderFailure
-from services.provider import AttemptContext, Output, Provider
+from aiimg.messages import Reason
+from aiimg.services.domain.config import Config
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.providers.base import AttemptContext, Output, Provider
 
 
 def png(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:

@@ -13,12 +13,12 @@ import msgspec
 import pytest
 from nats.js.object_store import ObjectStore
 
-from messages import BlobRef
-from services import blobs as blobs_mod
-from services.blobs import CHUNK_SIZE, BlobStore
-from services.bus import Bus
-from services.errors import BlobError
-from services.media import MediaInfo
+from aiimg.messages import BlobRef
+from aiimg.services.domain.errors import BlobError
+from aiimg.services.infra import blobs as blobs_mod
+from aiimg.services.infra.blobs import CHUNK_SIZE, BlobStore
+from aiimg.services.infra.bus import Bus
+from aiimg.services.infra.media import MediaInfo
 
 pytestmark = pytest.mark.anyio
 

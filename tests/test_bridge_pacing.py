@@ -9,7 +9,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from astrbot_bridge.feedback import Debouncer, UserSlots
+from aiimg.astrbot_bridge.feedback import Debouncer, UserSlots
 
 pytestmark = pytest.mark.anyio
 

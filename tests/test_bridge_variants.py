@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from astrbot_bridge.commands import find_command, parse
-from messages import JobRequested
-from services.config import config_from_dict
-from services.routing import plan_chain
+from aiimg.astrbot_bridge.commands import find_command, parse
+from aiimg.messages import JobRequested
+from aiimg.services.domain.config import config_from_dict
+from aiimg.services.domain.routing import plan_chain
 
 PRESETS = {"手办化": "Figure style"}
 

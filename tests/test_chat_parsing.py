@@ -8,12 +8,12 @@ from typing import Any
 import httpx
 import pytest
 
-from services.config import Config, config_from_dict
-from services.errors import ProviderFailure
-from services.http import download_client, upstream_client
-from services.provider import Output
-from services.providers._chat import Ref, image_refs, is_placeholder
-from services.providers.openai_compat import OpenAICompatProvider
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.infra.http import download_client, upstream_client
+from aiimg.services.providers._chat import Ref, image_refs, is_placeholder
+from aiimg.services.providers.base import Output
+from aiimg.services.providers.openai_compat import OpenAICompatProvider
 
 from .fakes.attempt import attempt_context
 from .fakes.openai_chat import ONE_PIXEL_PNG, OpenAIChatFake

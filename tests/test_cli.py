@@ -16,7 +16,7 @@ from .helpers import png
 def aiimg(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "AIIMG_CONFIG"}
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "aiimg.services.app.cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -90,7 +90,7 @@ def test_client_commands_use_a_running_embedded_serve(tmp_path: Path) -> None:
     write_config(tmp_path, "[draw.local]\nsize = '300x200'\n")
     env = {k: v for k, v in os.environ.items() if k != "AIIMG_CONFIG"}
     serve = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "serve"],
+        [sys.executable, "-m", "aiimg.services.app.cli", "serve"],
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,

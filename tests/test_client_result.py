@@ -12,12 +12,12 @@ import anyio
 import pytest
 from PIL import Image
 
-from messages import AttemptSucceeded, BlobRef, JobCompleted, JobFailed
-from services import blobs as blobs_mod
-from services.blobs import BlobStore
-from services.bus import Bus
-from services.client import Client
-from services.errors import JobError
+from aiimg.messages import AttemptSucceeded, BlobRef, JobCompleted, JobFailed
+from aiimg.services.app.client import Client
+from aiimg.services.domain.errors import JobError
+from aiimg.services.infra import blobs as blobs_mod
+from aiimg.services.infra.blobs import BlobStore
+from aiimg.services.infra.bus import Bus
 
 pytestmark = pytest.mark.anyio
 

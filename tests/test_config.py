@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from services.config import Config, config_from_dict, load_config, secret_values
-from services.errors import ConfigError
+from aiimg.services.domain.config import Config, config_from_dict, load_config, secret_values
+from aiimg.services.domain.errors import ConfigError
 
 
 def test_defaults_use_the_offline_local_provider() -> None:

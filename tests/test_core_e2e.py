@@ -13,15 +13,15 @@ import pytest
 import structlog
 from PIL import Image
 
-from messages import AttemptDispatched, AttemptFailed, AttemptSucceeded, JobCompleted, JobFailed
-from services.blobs import BlobStore
-from services.bus import Bus, connect
-from services.cli import format_trace
-from services.client import Client
-from services.provider import AttemptContext, Output, Provider
-from services.providers.local import LocalProvider
-from services.stack import Stack, running
-from services.state import fold
+from aiimg.messages import AttemptDispatched, AttemptFailed, AttemptSucceeded, JobCompleted, JobFailed
+from aiimg.services.app.cli import format_trace
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.state import fold
+from aiimg.services.infra.blobs import BlobStore
+from aiimg.services.infra.bus import Bus, connect
+from aiimg.services.providers.base import AttemptContext, Output, Provider
+from aiimg.services.providers.local import LocalProvider
 
 from .conftest import make_config
 from .helpers import ScriptedProvider, failing, png, succeeding
@@ -162,7 +162,7 @@ async def test_retryable_reason_is_retried_on_same_provider_after_hint(nats_url:
             nonlocal calls
             calls += 1
             if calls == 1:
-                from services.errors import ProviderFailure
+                from aiimg.services.domain.errors import ProviderFailure
 
                 raise ProviderFailure("rate_limited", "429", retry_after=0.4)
             return await succeeding()(ctx)
@@ -319,8 +319,8 @@ async def test_router_never_dispatches_a_job_cancelled_before_it_ran(bus: Bus) -
 
 
 async def test_optimistic_write_refuses_a_stale_view(bus: Bus) -> None:
-    from messages import JobRequested
-    from services.bus import StaleView
+    from aiimg.messages import JobRequested
+    from aiimg.services.infra.bus import StaleView
 
     job = "occ-" + os.urandom(4).hex()
     seq = await bus.publish(JobRequested(job_id=job, op="draw", prompt="x"))

@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from messages import Operation
-from services.config import Config, config_from_dict
-from services.errors import ProviderFailure
-from services.provider import InputImage
-from services.providers import load_provider
-from services.providers._common import MAX_JSON_DEPTH, json_value
+from aiimg.messages import Operation
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.providers._common import MAX_JSON_DEPTH, json_value
+from aiimg.services.providers.base import InputImage
+from aiimg.services.providers.catalog import load_provider
 
 from .fakes.attempt import attempt_context
 from .fakes.server import FakeUpstream, Reply, Request, json_reply

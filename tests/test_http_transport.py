@@ -15,9 +15,9 @@ import anyio
 import httpx
 import pytest
 
-from services.config import Config, config_from_dict
-from services.errors import ProviderFailure
-from services.http import (
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.infra.http import (
     AiohttpTransport,
     CappedTransport,
     ShardedTransport,

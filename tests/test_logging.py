@@ -19,10 +19,10 @@ from urllib.parse import quote, quote_plus
 import pytest
 import structlog
 
-from services.logging import Redactor, configure_logging
-from services.providers._common import scrub
-from services.providers._images_api import Caller
-from services.redaction import mask_credentials, secret_forms
+from aiimg.services.infra.logging import Redactor, configure_logging
+from aiimg.services.infra.redaction import mask_credentials, secret_forms
+from aiimg.services.providers._common import scrub
+from aiimg.services.providers._images_api import Caller
 
 KEY = "sk-test-LogKey-0123456789abcdef"
 NATS_PASSWORD = "pLogNatsPassw0rd42"

@@ -16,9 +16,9 @@ import zlib
 import pytest
 from PIL import Image, features
 
-from services.errors import ProviderFailure
-from services.media import MAX_PIXELS, inspect_image, inspect_media
-from services.providers.local import render
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.infra.media import MAX_PIXELS, inspect_image, inspect_media
+from aiimg.services.providers.local import render
 
 from .helpers import (
     bilevel_png,
@@ -213,7 +213,7 @@ def test_the_png_check_holds_constant_memory_whatever_the_idat_layout() -> None:
     """
     import tracemalloc
 
-    from services.media import INFLATE_PIECE, check_png_stream
+    from aiimg.services.infra.media import INFLATE_PIECE, check_png_stream
 
     data = photo(2048, 2048)
     single = png_with_idat(data, b"".join(p for k, p in png_chunks(data) if k == b"IDAT"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-import messages
-from messages import (
+from aiimg import messages
+from aiimg.messages import (
     AttemptFailed,
     DecodeError,
     JobRequested,

@@ -9,12 +9,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from messages import AttemptDispatched, AttemptSucceeded, JobCompleted
-from services.bus import Bus, connect
-from services.client import Client
-from services.config import load_config
-from services.providers.local import LocalProvider
-from services.stack import Stack, running
+from aiimg.messages import AttemptDispatched, AttemptSucceeded, JobCompleted
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import load_config
+from aiimg.services.infra.bus import Bus, connect
+from aiimg.services.providers.local import LocalProvider
 
 from .reliability.procs import ServeProcess
 

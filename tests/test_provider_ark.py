@@ -8,11 +8,11 @@ from typing import Any
 import httpx
 import pytest
 
-from messages import Operation
-from services.config import Config, config_from_dict
-from services.errors import ProviderFailure
-from services.provider import InputImage
-from services.providers.ark import ArkProvider, build_body, pick_size
+from aiimg.messages import Operation
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.providers.ark import ArkProvider, build_body, pick_size
+from aiimg.services.providers.base import InputImage
 
 from .fakes.ark import IMAGE, MODELS, ArkFake
 from .fakes.attempt import attempt_context

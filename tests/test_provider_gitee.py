@@ -9,16 +9,16 @@ from typing import Any
 import httpx
 import pytest
 
-from messages import AttemptDispatched, AttemptSucceeded, JobCompleted, Operation
-from services.bus import connect
-from services.cli import format_trace
-from services.client import Client
-from services.config import Config, config_from_dict
-from services.errors import ProviderFailure
-from services.provider import InputImage
-from services.providers.gitee import GiteeProvider, pick_size
-from services.providers.gitee_async import GiteeAsyncProvider
-from services.stack import Stack, running
+from aiimg.messages import AttemptDispatched, AttemptSucceeded, JobCompleted, Operation
+from aiimg.services.app.cli import format_trace
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.infra.bus import connect
+from aiimg.services.providers.base import InputImage
+from aiimg.services.providers.gitee import GiteeProvider, pick_size
+from aiimg.services.providers.gitee_async import GiteeAsyncProvider
 
 from .conftest import make_config
 from .fakes.attempt import attempt_context

@@ -7,10 +7,10 @@ from typing import Any
 import httpx
 import pytest
 
-from services.config import Config, config_from_dict
-from services.errors import ProviderFailure
-from services.provider import InputImage, Output
-from services.providers.grok import GrokProvider, xai_size_fields
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.providers.base import InputImage, Output
+from aiimg.services.providers.grok import GrokProvider, xai_size_fields
 
 from .fakes.attempt import attempt_context
 from .fakes.openai_chat import OpenAIChatFake

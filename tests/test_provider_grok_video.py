@@ -15,19 +15,19 @@ import httpx
 import pytest
 import structlog
 
-from messages import AttemptDispatched, AttemptSucceeded, JobCompleted, JobFailed, JobRejected
-from services import cli
-from services.bus import Bus, connect
-from services.cli import format_trace
-from services.client import Client
-from services.config import Config, config_from_dict, load_config
-from services.errors import ProviderFailure
-from services.http import DownloadClient
-from services.provider import AttemptContext, InputImage, Output
-from services.providers import load_provider
-from services.providers._video_urls import find_video_url, looks_like_video, video_url_in_text
-from services.providers.grok_video import GrokVideoProvider, video_api_root
-from services.stack import Stack, running
+from aiimg.messages import AttemptDispatched, AttemptSucceeded, JobCompleted, JobFailed, JobRejected
+from aiimg.services.app import cli
+from aiimg.services.app.cli import format_trace
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import Config, config_from_dict, load_config
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.infra.bus import Bus, connect
+from aiimg.services.infra.http import DownloadClient
+from aiimg.services.providers._video_urls import find_video_url, looks_like_video, video_url_in_text
+from aiimg.services.providers.base import AttemptContext, InputImage, Output
+from aiimg.services.providers.catalog import load_provider
+from aiimg.services.providers.grok_video import GrokVideoProvider, video_api_root
 
 from .conftest import make_config
 from .fakes.server import Reply, json_reply

@@ -7,10 +7,10 @@ from typing import Any
 import httpx
 import pytest
 
-from services.config import Config, config_from_dict
-from services.errors import ProviderFailure
-from services.provider import InputImage
-from services.providers.jimeng import JimengProvider, parse_cookie, pick_ratio
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.providers.base import InputImage
+from aiimg.services.providers.jimeng import JimengProvider, parse_cookie, pick_ratio
 
 from .fakes.attempt import attempt_context
 from .fakes.jimeng import IMAGE, JimengFake

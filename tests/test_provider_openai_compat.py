@@ -11,22 +11,22 @@ import httpx
 import pytest
 from PIL import Image
 
-from messages import AttemptFailed, JobCompleted
-from services.bus import connect
-from services.cli import format_trace
-from services.client import Client
-from services.config import Config, config_from_dict
-from services.errors import ProviderFailure
-from services.provider import InputImage, Output
-from services.providers import _common
-from services.providers.local import LocalProvider
-from services.providers.openai_compat import (
+from aiimg.messages import AttemptFailed, JobCompleted
+from aiimg.services.app.cli import format_trace
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.infra.bus import connect
+from aiimg.services.providers import _common
+from aiimg.services.providers.base import InputImage, Output
+from aiimg.services.providers.local import LocalProvider
+from aiimg.services.providers.openai_compat import (
     GeminiOpenAIProvider,
     OpenAICompatBase,
     OpenAICompatProvider,
     resolve_size,
 )
-from services.stack import Stack, running
 
 from .conftest import make_config
 from .fakes.attempt import attempt_context

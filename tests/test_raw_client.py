@@ -13,9 +13,9 @@ import uuid
 import nats
 import pytest
 
-from services.bus import Bus
-from services.providers.local import LocalProvider
-from services.stack import Stack, running
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.infra.bus import Bus
+from aiimg.services.providers.local import LocalProvider
 
 pytestmark = pytest.mark.anyio
 

@@ -18,11 +18,19 @@ from urllib.parse import quote
 import pytest
 from PIL import Image
 
+from aiimg.services.infra.logging import Redactor
+from aiimg.services.infra.redaction import metadata_segments
 from bench.secret_scan import measure, table
-from services.logging import Redactor
-from services.redaction import metadata_segments
 
-from .fakes.media import bmp, gif_with_comment, jpeg_with, mp4_with_udta, png_with_text, webm_with_tags, webp_with
+from .fakes.media import (
+    bmp,
+    gif_with_comment,
+    jpeg_with,
+    mp4_with_udta,
+    png_with_text,
+    webm_with_tags,
+    webp_with,
+)
 
 KEY = "sk-test-BlobKey-0123456789abcdef"
 COOKIE = "sessionid=Blob/Cookie+Value~0042"

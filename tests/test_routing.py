@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from messages import AttemptDispatched, AttemptFailed, AttemptSucceeded, BlobRef, JobCompleted, JobFailed, JobRequested
-from services.config import config_from_dict
-from services.routing import decide, plan_chain
-from services.state import fold
+from aiimg.messages import (
+    AttemptDispatched,
+    AttemptFailed,
+    AttemptSucceeded,
+    BlobRef,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+)
+from aiimg.services.domain.config import config_from_dict
+from aiimg.services.domain.routing import decide, plan_chain
+from aiimg.services.domain.state import fold
 
 K = {"api_keys": ["k"]}
 REF = BlobRef(name="sha256-" + "0" * 64, size=1, sha256="0" * 64, mime="image/png")

@@ -19,11 +19,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import ProviderFailure
-from ..media import image_size
-from ..provider import AttemptContext, InputImage, Output
+from ..domain.errors import ProviderFailure
+from ..infra.media import image_size
 from ._common import b64_text, download, short
 from ._images_api import Caller, ImagesAPI, decode_image, openai_failure
+from .base import AttemptContext, InputImage, Output
 
 __all__ = (
     "EDIT_TEMPLATE",

@@ -22,13 +22,12 @@ import httpx
 import msgspec
 import pybase64
 
-from messages import Reason
-
-from ..config import NetworkConfig
-from ..errors import ConfigError, ProviderFailure
-from ..http import DownloadClient, read_body
-from ..logging import redact
-from ..redaction import mask_forms
+from ...messages import Reason
+from ..domain.config import NetworkConfig
+from ..domain.errors import ConfigError, ProviderFailure
+from ..infra.http import DownloadClient, read_body
+from ..infra.logging import redact
+from ..infra.redaction import mask_forms
 
 __all__ = (
     "Cooldown",

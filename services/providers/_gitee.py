@@ -12,9 +12,8 @@ from typing import Any
 
 import httpx
 
-from messages import Reason
-
-from ..errors import ProviderFailure
+from ...messages import Reason
+from ..domain.errors import ProviderFailure
 from ._common import error_text, failure_from_response, json_body, scrub, short
 
 __all__ = ("classify", "gitee_failure", "gitee_headers", "gitee_message")

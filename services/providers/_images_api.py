@@ -20,10 +20,9 @@ import httpx
 import msgspec
 import structlog
 
-from ..errors import ProviderFailure
-from ..http import send_read
-from ..provider import AttemptContext, InputImage, Output
-from ..redaction import mask_forms
+from ..domain.errors import ProviderFailure
+from ..infra.http import send_read
+from ..infra.redaction import mask_forms
 from ._common import (
     Cooldown,
     b64decode_strict,
@@ -37,6 +36,7 @@ from ._common import (
     parse_json,
     short,
 )
+from .base import AttemptContext, InputImage, Output
 
 __all__ = (
     "Caller",

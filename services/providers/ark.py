@@ -16,12 +16,11 @@ from typing import Any
 
 import httpx
 
-from ..config import Config
-from ..errors import ProviderFailure
-from ..media import sniff_mime
-from ..provider import AttemptContext, Output, Provider
-from ..settings import ArkSettings
-from ..sizes import parse_output
+from ..domain.config import Config
+from ..domain.errors import ProviderFailure
+from ..domain.settings import ArkSettings
+from ..domain.sizes import parse_output
+from ..infra.media import sniff_mime
 from ._common import (
     KeyRing,
     b64_text,
@@ -35,6 +34,7 @@ from ._common import (
     scrub,
     short,
 )
+from .base import AttemptContext, Output, Provider
 
 __all__ = ("ArkProvider", "ark_base", "build_body", "pick_size")
 

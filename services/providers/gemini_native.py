@@ -19,12 +19,11 @@ from urllib.parse import quote
 
 import httpx
 
-from ..config import Config
-from ..errors import ProviderFailure
-from ..http import upstream_client
-from ..provider import AttemptContext, Output, Provider
-from ..settings import GeminiNativeSettings
-from ..sizes import SizeIntent, parse_output
+from ..domain.config import Config
+from ..domain.errors import ProviderFailure
+from ..domain.settings import GeminiNativeSettings
+from ..domain.sizes import SizeIntent, parse_output
+from ..infra.http import upstream_client
 from ._common import (
     KeyRing,
     b64_text,
@@ -38,6 +37,7 @@ from ._common import (
     scrub,
     short,
 )
+from .base import AttemptContext, Output, Provider
 
 __all__ = ("GeminiNativeProvider", "build_body", "image_config")
 

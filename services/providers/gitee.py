@@ -15,11 +15,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import Config
-from ..errors import ProviderFailure
-from ..provider import AttemptContext, Output, Provider
-from ..settings import GiteeSettings
-from ..sizes import SizeIntent, parse_output
+from ..domain.config import Config
+from ..domain.errors import ProviderFailure
+from ..domain.settings import GiteeSettings
+from ..domain.sizes import SizeIntent, parse_output
 from ._common import (
     Cooldown,
     KeyRing,
@@ -31,6 +30,7 @@ from ._common import (
     scrub,
 )
 from ._gitee import classify, gitee_failure, gitee_headers, gitee_message
+from .base import AttemptContext, Output, Provider
 
 __all__ = ("NO_NEGATIVE_PROMPT", "GiteeProvider", "build_body", "pick_size")
 

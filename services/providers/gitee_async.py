@@ -18,11 +18,10 @@ import anyio
 import httpx
 import structlog
 
-from ..config import Config
-from ..errors import ProviderFailure
-from ..media import sniff_mime
-from ..provider import AttemptContext, InputImage, Output, Provider
-from ..settings import GiteeAsyncSettings
+from ..domain.config import Config
+from ..domain.errors import ProviderFailure
+from ..domain.settings import GiteeAsyncSettings
+from ..infra.media import sniff_mime
 from ._common import (
     KeyRing,
     decode_base64,
@@ -35,6 +34,7 @@ from ._common import (
     scrub,
 )
 from ._gitee import classify, gitee_failure, gitee_headers, gitee_message
+from .base import AttemptContext, InputImage, Output, Provider
 
 __all__ = ("TASK_TYPES", "GiteeAsyncProvider", "task_types_for")
 

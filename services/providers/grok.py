@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import structlog
 
-from ..errors import ProviderFailure
-from ..provider import AttemptContext, InputImage, Output
+from ..domain.errors import ProviderFailure
 from ._common import b64_text, short
 from ._images_api import Caller, image_from_response
+from .base import AttemptContext, InputImage, Output
 from .openai_compat import OpenAICompatBase, OpenAIStyleSettings, size_intent
 
 __all__ = ("XAI_RATIOS", "GrokProvider", "xai_size_fields")

@@ -27,11 +27,9 @@ import anyio
 import httpx
 import structlog
 
-from messages import Reason
-
-from ..errors import ProviderFailure
-from ..provider import AttemptContext, Output, Provider
-from ..settings import VideoSettings
+from ...messages import Reason
+from ..domain.errors import ProviderFailure
+from ..domain.settings import VideoSettings
 from ._chat import reply_text
 from ._common import (
     b64_text,
@@ -45,6 +43,7 @@ from ._common import (
     short,
 )
 from ._video_urls import find_video_url
+from .base import AttemptContext, Output, Provider
 
 __all__ = ("GrokVideoProvider", "video_api_root")
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import httpx
 
-from ..config import Config
-from ..errors import ProviderFailure
-from ..provider import AttemptContext, Output, Provider
-from ..settings import JimengSettings
-from ..sizes import parse_output
+from ..domain.config import Config
+from ..domain.errors import ProviderFailure
+from ..domain.settings import JimengSettings
+from ..domain.sizes import parse_output
 from ._common import KeyRing, download, each_key, failure_from_response, json_body, parse_json, scrub, short
+from .base import AttemptContext, Output, Provider
 
 __all__ = ("RATIOS", "JimengProvider", "parse_cookie", "pick_ratio")
 

@@ -16,11 +16,11 @@ import textwrap
 import anyio
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import ProviderFailure
-from ..media import MAX_PIXELS, MediaInfo, open_image
-from ..provider import AttemptContext, Output, Provider
-from ..settings import LocalSettings
-from ..sizes import parse_output
+from ..domain.errors import ProviderFailure
+from ..domain.settings import LocalSettings
+from ..domain.sizes import parse_output
+from ..infra.media import MAX_PIXELS, MediaInfo, open_image
+from .base import AttemptContext, Output, Provider
 
 __all__ = ("LocalProvider", "fit", "render")
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from ..config import Config
-from ..errors import ProviderFailure
-from ..provider import AttemptContext, Output, Provider
-from ..settings import GeminiOpenAISettings, GrokSettings, OpenAICompatSettings
-from ..sizes import SizeIntent, parse_output
+from ..domain.config import Config
+from ..domain.errors import ProviderFailure
+from ..domain.settings import GeminiOpenAISettings, GrokSettings, OpenAICompatSettings
+from ..domain.sizes import SizeIntent, parse_output
 from ._chat import ChatImages, size_hint
 from ._common import KeyRing, each_key, normalize_openai_base
 from ._images_api import Caller, ImagesAPI
+from .base import AttemptContext, Output, Provider
 
 __all__ = (
     "GeminiOpenAIProvider",

@@ -68,7 +68,8 @@ else:
     from astrbot.core.platform.sources.aiocqhttp.aiocqhttp_platform_adapter import AiocqhttpAdapter
     from astrbot.core.star.context import Context
 
-BRIDGE = Path(__file__).resolve().parents[2] / "astrbot_bridge"
+ROOT = Path(__file__).resolve().parents[2]
+"""The repository root, which is the plugin (``main.py``, ``metadata.yaml``, ``_conf_schema.json``)."""
 BOT = "30001"
 USER = "20001"
 GROUP = "10001"
@@ -172,7 +173,7 @@ def make_event(
 
 
 def schema() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((BRIDGE / "_conf_schema.json").read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = json.loads((ROOT / "_conf_schema.json").read_text(encoding="utf-8"))
     return loaded
 
 
@@ -214,7 +215,7 @@ def _astrbot_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @contextlib.asynccontextmanager
 async def plugin_running(settings: dict[str, Any], bot: OneBot) -> AsyncIterator[Any]:
     """The plugin as AstrBot loads it: ``AiimgPlugin(context=…, config=…)``, then ``initialize()``."""
-    from astrbot_bridge.main import AiimgPlugin
+    from aiimg.main import AiimgPlugin
 
     plugin = AiimgPlugin(context=make_context(bot), config=settings)
     await plugin.initialize()

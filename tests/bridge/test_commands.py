@@ -9,8 +9,8 @@ from astrbot.api import message_components as Comp
 from astrbot.core.star.filter.command import CommandFilter
 from astrbot.core.star.star_handler import star_handlers_registry
 
-import astrbot_bridge.main as plugin_main
-from astrbot_bridge.commands import (
+import aiimg.main as plugin_main
+from aiimg.astrbot_bridge.commands import (
     COMMANDS,
     DEFAULT_EDIT_PROMPT,
     Request,

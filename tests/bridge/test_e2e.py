@@ -23,14 +23,14 @@ from astrbot.core.provider.register import llm_tools
 from astrbot.core.star.star_handler import star_handlers_registry
 from PIL import Image
 
-import astrbot_bridge.main as plugin_main
-from astrbot_bridge import sending
-from services.bus import connect
-from services.config import Config, config_from_dict
-from services.provider import AttemptContext, Output, Provider
-from services.providers.grok_video import GrokVideoProvider
-from services.providers.local import LocalProvider
-from services.stack import Stack, running
+import aiimg.main as plugin_main
+from aiimg.astrbot_bridge import sending
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.infra.bus import connect
+from aiimg.services.providers.base import AttemptContext, Output, Provider
+from aiimg.services.providers.grok_video import GrokVideoProvider
+from aiimg.services.providers.local import LocalProvider
 from tests.fakes.server import FakeUpstream, Reply
 from tests.fakes.xai_video import XaiVideoFake
 from tests.helpers import ScriptedProvider, failing, png
@@ -391,7 +391,7 @@ async def test_video_is_sent_by_url_and_one_per_user(nats_url: str, tmp_path: Pa
 
 
 def test_llm_tool_schema_has_all_four_parameters() -> None:
-    import astrbot_bridge.main  # noqa: F401  (registers the tool)
+    import aiimg.main  # noqa: F401  (registers the tool)
 
     tool = next(t for t in llm_tools.func_list if t.name == "aiimg_generate")
     props = tool.parameters["properties"]

@@ -18,16 +18,17 @@ from astrbot.core.config.astrbot_config import AstrBotConfig
 from astrbot.core.config.default import DEFAULT_VALUE_MAP
 from astrbot.core.star.updater import _PluginUpdater
 
-from astrbot_bridge.feedback import Debouncer, UserSlots, react
-from astrbot_bridge.schema import render_json, settings_table
-from astrbot_bridge.settings import PLUGIN_NAME, load_settings
-from services.config import CAPABILITIES, Config, config_from_dict
-from services.errors import ConfigError
-from services.selfie import looks_like_selfie, selfie_prompt, webui_references
+from aiimg.astrbot_bridge.feedback import Debouncer, UserSlots, react
+from aiimg.astrbot_bridge.schema import render_json, settings_table
+from aiimg.astrbot_bridge.settings import PLUGIN_NAME, load_settings
+from aiimg.services.app.selfie import looks_like_selfie, selfie_prompt, webui_references
+from aiimg.services.domain.config import CAPABILITIES, Config, config_from_dict
+from aiimg.services.domain.errors import ConfigError
 
-from .conftest import BRIDGE, OneBot, make_event, schema
+from ..reliability.procs import deploy_module
+from .conftest import ROOT, OneBot, make_event, schema
 
-ROOT = BRIDGE.parent
+plugin_sources = deploy_module("plugin_sources")
 
 
 def _walk(items: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -40,16 +41,13 @@ def _walk(items: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str, 
     return out
 
 
-def test_committed_schema_and_requirements_are_current() -> None:
-    assert (BRIDGE / "_conf_schema.json").read_text(encoding="utf-8") == render_json(), (
-        "astrbot_bridge/_conf_schema.json is stale: run `python deploy/build_astrbot_plugin.py --sources`"
-    )
+def test_committed_plugin_sources_are_current() -> None:
+    """``_conf_schema.json``, ``requirements.txt``, the docs table and the README section are generated."""
+    assert plugin_sources.main(["--check"]) == 0, "run: python deploy/plugin_sources.py"
+    assert (ROOT / "_conf_schema.json").read_text(encoding="utf-8") == render_json()
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert (BRIDGE / "requirements.txt").read_text().splitlines() == deps
-    docs = (ROOT / "docs" / "astrbot.md").read_text(encoding="utf-8")
-    assert settings_table() in docs, "docs/astrbot.md settings table is stale: run build_astrbot_plugin.py --sources"
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert docs.rstrip() in readme, "README's AstrBot section is stale: run build_astrbot_plugin.py --sources"
+    assert (ROOT / "requirements.txt").read_text().splitlines() == deps
+    assert settings_table() in (ROOT / "docs" / "astrbot.md").read_text(encoding="utf-8")
 
 
 def test_schema_loads_in_astrbots_config_loader_and_in_the_core(tmp_path: Path) -> None:
@@ -91,9 +89,12 @@ def test_schema_shape_matches_the_old_plugin() -> None:
 
 
 def test_metadata_is_what_astrbot_requires() -> None:
-    meta = yaml.safe_load((BRIDGE / "metadata.yaml").read_text(encoding="utf-8"))
+    meta = yaml.safe_load((ROOT / "metadata.yaml").read_text(encoding="utf-8"))
     _PluginUpdater.validate_plugin_metadata(meta, "metadata.yaml")
     assert meta["name"] == PLUGIN_NAME and meta["name"].isidentifier()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert meta["repo"] == project["urls"]["Repository"]
+    assert meta["version"] == project["version"]
 
 
 def test_built_zip_installs_and_loads_in_astrbot_without_the_repo(tmp_path: Path) -> None:
@@ -108,17 +109,43 @@ def test_built_zip_installs_and_loads_in_astrbot_without_the_repo(tmp_path: Path
     info = _PluginUpdater.inspect_plugin_archive(str(archive))  # AstrBot's own upload validation
     assert info["metadata"]["name"] == PLUGIN_NAME
     names = set(zipfile.ZipFile(archive).namelist())
-    for needed in ("main.py", "_vendor.py", "metadata.yaml", "_conf_schema.json", "requirements.txt", "README.md"):
+    for needed in ("main.py", "metadata.yaml", "_conf_schema.json", "requirements.txt", "README.md"):
         assert f"{PLUGIN_NAME}/{needed}" in names
-    for module in ("services/stack.py", "services/selfie.py", "services/providers/local.py", "messages/_events.py"):
+    for module in (
+        "services/app/stack.py",
+        "services/providers/local.py",
+        "messages/_events.py",
+        "astrbot_bridge/flows.py",
+    ):
         assert f"{PLUGIN_NAME}/{module}" in names
-    assert not any("__pycache__" in n or n.startswith("tests/") for n in names)
-
-    # Install it as AstrBot does, then load it with AstrBot's PluginManager in a fresh Python
-    # whose sys.path has no repository: the vendored core must be what gets imported.
+    assert not any("__pycache__" in n or "/tests/" in n or "/bench/" in n for n in names)
     root = tmp_path / "astrbot"
     (root / "data" / "plugins").mkdir(parents=True)
     _PluginUpdater()._extract_plugin_archive(str(archive), str(root / "data" / "plugins" / PLUGIN_NAME))
+    _load_in_astrbot(root)
+
+
+def test_the_repository_as_is_loads_as_an_astrbot_plugin(tmp_path: Path) -> None:
+    """What AstrBot's "install from URL" does with this repository: its files, unchanged, under data/plugins."""
+    root = tmp_path / "astrbot"
+    plugin = root / "data" / "plugins" / PLUGIN_NAME
+    tracked = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for name in tracked.splitlines():
+        if (ROOT / name).is_file():
+            (plugin / name).parent.mkdir(parents=True, exist_ok=True)
+            (plugin / name).write_bytes((ROOT / name).read_bytes())
+    _load_in_astrbot(root)
+
+
+def _load_in_astrbot(root: Path) -> None:
+    """Load the plugin under ``root/data/plugins`` with AstrBot's PluginManager, in a fresh Python
+    whose sys.path has no checkout and no ``aiimg``: only the plugin's own, relative imports work."""
     (root / "data" / "config").mkdir(parents=True)
     (root / "data" / "config" / f"{PLUGIN_NAME}_config.json").write_text(json.dumps({"debounce_interval": 3}))
     script = textwrap.dedent(
@@ -127,6 +154,8 @@ def test_built_zip_installs_and_loads_in_astrbot_without_the_repo(tmp_path: Path
         from types import SimpleNamespace
         sys.path = [p for p in sys.path if os.path.realpath(p) != {str(ROOT)!r} and p not in ("", ".")]
         sys.path.insert(0, {str(root)!r})
+        import importlib.util
+        assert importlib.util.find_spec("aiimg") is None and importlib.util.find_spec("services") is None
         from astrbot.core.star.context import Context
         from astrbot.core.star.star import star_map
         from astrbot.core.star.star_manager import PluginManager
@@ -140,10 +169,11 @@ def test_built_zip_installs_and_loads_in_astrbot_without_the_repo(tmp_path: Path
             assert ok, (err, pm.failed_plugin_dict)
             md = star_map["data.plugins.{PLUGIN_NAME}.main"]
             plugin = md.star_cls
-            import services, messages
             here = os.path.join({str(root)!r}, "data", "plugins", {PLUGIN_NAME!r})
-            assert services.__file__.startswith(here), services.__file__
-            assert messages.__file__.startswith(here), messages.__file__
+            core = sys.modules["data.plugins.{PLUGIN_NAME}.services.app.stack"]
+            assert core.__file__.startswith(here), core.__file__
+            # Nothing generic reached the process's top level.
+            assert not {{"services", "messages", "astrbot_bridge", "aiimg", "main"}} & set(sys.modules)
             assert plugin.bridge is not None and plugin.bridge.config.debounce_interval == 3
             assert plugin.bridge.runtime.embedded and plugin.bridge.runtime.ready, plugin.bridge.runtime.error
             assert any(t.name == "aiimg_generate" for t in llm_tools.func_list)
@@ -226,7 +256,7 @@ async def test_video_send_falls_back_from_url_to_file_to_link(tmp_path: Path) ->
     from astrbot.api import message_components as Comp
     from astrbot.api.event import MessageChain
 
-    from astrbot_bridge.sending import ResultCache, send_video
+    from aiimg.astrbot_bridge.sending import ResultCache, send_video
 
     sent: list[list[Any]] = []
 

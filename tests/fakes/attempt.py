@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import httpx
 
-from messages import AttemptDispatched, Operation
-from services.config import Config
-from services.http import DownloadClient
-from services.provider import AttemptContext, InputImage
+from aiimg.messages import AttemptDispatched, Operation
+from aiimg.services.domain.config import Config
+from aiimg.services.infra.http import DownloadClient
+from aiimg.services.providers.base import AttemptContext, InputImage
 
 __all__ = ("attempt_context",)
 

@@ -33,11 +33,11 @@ def _status_kib(field: str) -> int:
 
 
 async def measure(mode: str, url: str, max_blob: int, warm_url: str) -> dict[str, object]:
-    from services.config import config_from_dict
-    from services.errors import ProviderFailure
-    from services.http import download_client, response_cap, send_read, upstream_client
-    from services.providers._common import download
-    from services.providers.openai_compat import OpenAICompatProvider
+    from aiimg.services.domain.config import config_from_dict
+    from aiimg.services.domain.errors import ProviderFailure
+    from aiimg.services.infra.http import download_client, response_cap, send_read, upstream_client
+    from aiimg.services.providers._common import download
+    from aiimg.services.providers.openai_compat import OpenAICompatProvider
     from tests.fakes.attempt import attempt_context
 
     probe = config_from_dict({"retention": {"max_blob_bytes": max_blob}})

@@ -77,7 +77,7 @@ class ServeProcess:
         self.only = only
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "--config", str(config_path), "serve", "--only", only],
+            [sys.executable, "-m", "aiimg.services.app.cli", "--config", str(config_path), "serve", "--only", only],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -27,9 +27,9 @@ import anyio
 import pytest
 from nats.aio.msg import Msg
 
-from messages import JobCompleted, JobFailed, JobRequested, decode_event
-from services.bus import connect
-from services.config import load_config
+from aiimg.messages import JobCompleted, JobFailed, JobRequested, decode_event
+from aiimg.services.domain.config import load_config
+from aiimg.services.infra.bus import connect
 
 from ..fakes.server import FakeUpstream, Reply, Request, json_reply
 from ..helpers import png

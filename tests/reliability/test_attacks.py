@@ -20,7 +20,7 @@ import msgspec
 import pytest
 import structlog
 
-from messages import (
+from aiimg.messages import (
     AttemptDispatched,
     AttemptFailed,
     AttemptSucceeded,
@@ -31,14 +31,14 @@ from messages import (
     JobRequested,
     encode,
 )
-from services.bus import Bus, connect, consumer_configs
-from services.client import Client
-from services.config import Config
-from services.provider import AttemptContext, Output
-from services.providers.local import LocalProvider
-from services.providers.openai_compat import OpenAICompatProvider
-from services.router import Router
-from services.stack import Stack, running
+from aiimg.services.actors.router import Router
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import Config
+from aiimg.services.infra.bus import Bus, connect, consumer_configs
+from aiimg.services.providers.base import AttemptContext, Output
+from aiimg.services.providers.local import LocalProvider
+from aiimg.services.providers.openai_compat import OpenAICompatProvider
 
 from ..conftest import make_config
 from ..fakes.server import FakeUpstream, Request, json_reply

@@ -24,7 +24,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from messages import (
+from aiimg.messages import (
     FAILURE_REASONS,
     AttemptDispatched,
     AttemptFailed,
@@ -37,15 +37,15 @@ from messages import (
     decode_event,
     encode,
 )
-from messages._subjects import Kind
-from services import blobs as blobs_mod
-from services import selfie as selfie_mod
-from services.bus import Bus
-from services.client import Client
-from services.config import config_from_dict
-from services.errors import ConfigError
-from services.providers.local import LocalProvider
-from services.stack import Stack, running
+from aiimg.messages._subjects import Kind
+from aiimg.services.app import selfie as selfie_mod
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import config_from_dict
+from aiimg.services.domain.errors import ConfigError
+from aiimg.services.infra import blobs as blobs_mod
+from aiimg.services.infra.bus import Bus
+from aiimg.services.providers.local import LocalProvider
 
 from ..helpers import ScriptedProvider, succeeding
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from messages import AttemptFailed, JobCompleted, JobFailed
-from services.bus import connect
-from services.client import Client
-from services.errors import BlobError
-from services.stack import Stack, running
+from aiimg.messages import AttemptFailed, JobCompleted, JobFailed
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.errors import BlobError
+from aiimg.services.infra.bus import connect
 
 from ..conftest import make_config
 from ..helpers import ScriptedProvider, succeeding

@@ -27,14 +27,14 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from messages import JobCompleted, JobEvent, JobFailed, JobRequested, TerminalEvent
-from services.bus import Bus, connect
-from services.client import Client
-from services.config import Config, config_from_dict
-from services.errors import AiimgError
-from services.providers.local import LocalProvider
-from services.selfie import ReferenceStore
-from services.stack import Stack, running
+from aiimg.messages import JobCompleted, JobEvent, JobFailed, JobRequested, TerminalEvent
+from aiimg.services.app.client import Client
+from aiimg.services.app.selfie import ReferenceStore
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.domain.errors import AiimgError
+from aiimg.services.infra.bus import Bus, connect
+from aiimg.services.providers.local import LocalProvider
 
 from ..helpers import png
 from .procs import deploy_module

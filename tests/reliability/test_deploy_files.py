@@ -24,8 +24,8 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from services.config import CAPABILITIES, load_config
-from services.embedded import find_nats_server
+from aiimg.services.domain.config import CAPABILITIES, load_config
+from aiimg.services.infra.embedded import find_nats_server
 
 from .procs import DEPLOY, deploy_module
 

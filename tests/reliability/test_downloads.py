@@ -32,15 +32,15 @@ import anyio
 import httpx
 import pytest
 
-from messages import AttemptFailed, JobFailed
-from services.bus import connect
-from services.client import Client
-from services.config import Config, NetworkConfig, config_from_dict
-from services.errors import ConfigError, ProviderFailure
-from services.http import AddressGuard, DownloadClient, IPAddress, address_allowed, download_client
-from services.providers._common import download
-from services.providers.openai_compat import OpenAICompatProvider
-from services.stack import Stack, running
+from aiimg.messages import AttemptFailed, JobFailed
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import Config, NetworkConfig, config_from_dict
+from aiimg.services.domain.errors import ConfigError, ProviderFailure
+from aiimg.services.infra.bus import connect
+from aiimg.services.infra.http import AddressGuard, DownloadClient, IPAddress, address_allowed, download_client
+from aiimg.services.providers._common import download
+from aiimg.services.providers.openai_compat import OpenAICompatProvider
 
 from ..conftest import make_config
 from ..fakes.server import FakeUpstream, Reply, Request, json_reply
@@ -480,7 +480,7 @@ async def test_the_guard_holds_inside_a_running_event_loop_under_concurrency(
 
 async def test_the_api_client_is_not_guarded_but_the_download_client_is(server: FakeUpstream) -> None:
     """Configured API base URLs may be LAN gateways; URLs an upstream names may not."""
-    from services.http import upstream_client
+    from aiimg.services.infra.http import upstream_client
 
     config = _config()
     async with upstream_client(config, 2) as api, download_client(config, 2) as downloads:
@@ -495,7 +495,7 @@ async def test_a_client_without_the_guard_is_refused_unless_private_downloads_ar
 ) -> None:
     """download() trusts its client to check addresses; a caller that is not type-checked
     (the AstrBot bridge) handing it another client is stopped before any request."""
-    from services.http import upstream_client
+    from aiimg.services.infra.http import upstream_client
 
     async with upstream_client(_config(), 2) as api:
         with pytest.raises(ConfigError):

@@ -28,18 +28,26 @@ import anyio
 import pytest
 from PIL import Image
 
-from messages import AttemptDispatched, AttemptFailed, AttemptSucceeded, BlobRef, JobCompleted, JobFailed, Operation
-from services.blobs import BlobStore
-from services.bus import Bus, connect
-from services.client import Client
-from services.config import Config, load_config
-from services.errors import AiimgError
-from services.media import MediaInfo
-from services.provider import AttemptContext, Output
-from services.providers.local import LocalProvider
-from services.providers.openai_compat import OpenAICompatProvider
-from services.selfie import ReferenceStore
-from services.stack import Stack, running
+from aiimg.messages import (
+    AttemptDispatched,
+    AttemptFailed,
+    AttemptSucceeded,
+    BlobRef,
+    JobCompleted,
+    JobFailed,
+    Operation,
+)
+from aiimg.services.app.client import Client
+from aiimg.services.app.selfie import ReferenceStore
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import Config, load_config
+from aiimg.services.domain.errors import AiimgError
+from aiimg.services.infra.blobs import BlobStore
+from aiimg.services.infra.bus import Bus, connect
+from aiimg.services.infra.media import MediaInfo
+from aiimg.services.providers.base import AttemptContext, Output
+from aiimg.services.providers.local import LocalProvider
+from aiimg.services.providers.openai_compat import OpenAICompatProvider
 
 from ..conftest import make_config
 from ..fakes.openai_images import OpenAIImagesFake

@@ -19,14 +19,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from messages import JobCompleted
-from services.bus import connect
-from services.client import Client
-from services.config import Config
-from services.embedded import EmbeddedServer
-from services.errors import BusError
-from services.providers.local import LocalProvider
-from services.stack import Stack, running
+from aiimg.messages import JobCompleted
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import Config
+from aiimg.services.domain.errors import BusError
+from aiimg.services.infra.bus import connect
+from aiimg.services.infra.embedded import EmbeddedServer
+from aiimg.services.providers.local import LocalProvider
 
 from ..conftest import make_config
 

@@ -30,12 +30,12 @@ from pathlib import Path
 
 import pytest
 
-from services.bus import connect
-from services.client import Client
-from services.config import config_from_dict
-from services.http import response_cap
-from services.providers.openai_compat import OpenAICompatProvider
-from services.stack import Stack, running
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import config_from_dict
+from aiimg.services.infra.bus import connect
+from aiimg.services.infra.http import response_cap
+from aiimg.services.providers.openai_compat import OpenAICompatProvider
 
 from ..conftest import make_config
 from ..fakes.server import FakeUpstream, Reply, Request

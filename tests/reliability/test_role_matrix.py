@@ -20,7 +20,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.embedded import EmbeddedServer
+from aiimg.services.infra.embedded import EmbeddedServer
 
 from .procs import DEPLOY, deploy_module
 

@@ -43,11 +43,11 @@ import anyio
 import pytest
 from PIL import Image, PngImagePlugin
 
-from messages import AttemptFailed, AttemptSucceeded, JobCompleted, JobFailed
-from services.blobs import BlobStore
-from services.bus import connect
-from services.config import load_config
-from services.embedded import EmbeddedServer
+from aiimg.messages import AttemptFailed, AttemptSucceeded, JobCompleted, JobFailed
+from aiimg.services.domain.config import load_config
+from aiimg.services.infra.blobs import BlobStore
+from aiimg.services.infra.bus import connect
+from aiimg.services.infra.embedded import EmbeddedServer
 
 from ..fakes.server import FakeUpstream, Reply, Request, json_reply
 from .procs import ROOT, ServeProcess, raw_job_messages, write_toml
@@ -242,7 +242,7 @@ class EchoingUpstream(FakeUpstream):
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "--config", str(config), *args],
+        [sys.executable, "-m", "aiimg.services.app.cli", "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -478,9 +478,9 @@ async def test_nats_credentials_in_the_url_are_not_printed(tmp_path: Path) -> No
 async def test_a_provider_bug_logs_its_traceback_without_locals(nats_url: str, tmp_path: Path) -> None:
     """A provider that crashes while the key is a local variable: the ``provider_bug`` line has
     the traceback (where it happened) but no frame locals, and no form of the key."""
-    from services.client import Client
-    from services.logging import Redactor, configure_logging
-    from services.stack import Stack, running
+    from aiimg.services.app.client import Client
+    from aiimg.services.app.stack import Stack, running
+    from aiimg.services.infra.logging import Redactor, configure_logging
 
     from ..conftest import make_config
     from ..helpers import ScriptedProvider

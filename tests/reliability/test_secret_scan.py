@@ -21,10 +21,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from messages import AttemptFailed, JobFailed
-from services.bus import connect
-from services.config import load_config
-from services.embedded import EmbeddedServer
+from aiimg.messages import AttemptFailed, JobFailed
+from aiimg.services.domain.config import load_config
+from aiimg.services.infra.bus import connect
+from aiimg.services.infra.embedded import EmbeddedServer
 
 from ..fakes.server import FakeUpstream, Reply, Request, json_reply
 from .procs import ROOT, ServeProcess, raw_job_messages, write_toml
@@ -73,7 +73,7 @@ def echoing_upstream() -> FakeUpstream:
 
 def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "--config", str(config), *args],
+        [sys.executable, "-m", "aiimg.services.app.cli", "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -17,12 +17,12 @@ from pathlib import Path
 import anyio
 import pytest
 
-from messages import AttemptDispatched, AttemptFailed, AttemptSucceeded, JobCompleted
-from services.bus import connect
-from services.client import Client
-from services.config import load_config
-from services.provider import AttemptContext, Output
-from services.stack import Stack, running
+from aiimg.messages import AttemptDispatched, AttemptFailed, AttemptSucceeded, JobCompleted
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.domain.config import load_config
+from aiimg.services.infra.bus import connect
+from aiimg.services.providers.base import AttemptContext, Output
 
 from ..conftest import make_config
 from ..helpers import ScriptedProvider, png, succeeding

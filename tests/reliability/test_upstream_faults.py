@@ -25,11 +25,11 @@ from typing import Any
 import anyio
 import pytest
 
-from messages import AttemptFailed, JobCompleted, JobFailed
-from services.bus import Bus, connect
-from services.client import Client
-from services.providers.openai_compat import OpenAICompatProvider
-from services.stack import Stack, running
+from aiimg.messages import AttemptFailed, JobCompleted, JobFailed
+from aiimg.services.app.client import Client
+from aiimg.services.app.stack import Stack, running
+from aiimg.services.infra.bus import Bus, connect
+from aiimg.services.providers.openai_compat import OpenAICompatProvider
 
 from ..conftest import make_config
 from ..fakes.server import FakeUpstream, Reply, Request, json_reply
@@ -311,8 +311,9 @@ def test_fault_images_are_what_they_claim() -> None:
 
 
 async def test_the_actor_http_client_caps_declared_and_streamed_bodies(nats_url: str, tmp_path: Path) -> None:
-    from services.errors import ProviderFailure
-    from services.provider import ProviderActor, response_cap
+    from aiimg.services.actors.provider import ProviderActor
+    from aiimg.services.domain.errors import ProviderFailure
+    from aiimg.services.infra.http import response_cap
 
     config = make_config(nats_url, tmp_path, retention={"max_blob_bytes": 3 * MB})
     cap = response_cap(config)

@@ -1,7 +1,13 @@
 """AstrBot plugin entry point: registers the commands and the LLM tool, and wires them to the bridge.
 
-Handlers here only hand the event to :class:`~.flows.Bridge`; parsing lives in
-``commands``, the work on the bus in ``services``. With ``nats.url`` empty the plugin runs
+The repository root is the plugin: AstrBot ("install from URL" on this repository, or the
+zip from ``deploy/build_astrbot_plugin.py``) puts it at ``data/plugins/astrbot_plugin_aiimg``
+and imports this file as ``data.plugins.astrbot_plugin_aiimg.main``. Every import of the
+core is relative, so nothing is added to ``sys.path``: the plugin's ``services`` and
+``messages`` are ``data.plugins.astrbot_plugin_aiimg.services`` and so on.
+
+Handlers here only hand the event to :class:`~.astrbot_bridge.flows.Bridge`; parsing lives in
+``astrbot_bridge.commands``, the work on the bus in ``services``. With ``nats.url`` empty the plugin runs
 aiimg inside AstrBot's process; with a URL it bridges to an external deployment.
 """
 
@@ -16,9 +22,8 @@ from astrbot.api.star import Context, Star, StarTools
 from astrbot.core.star.filter.custom_filter import CustomFilter
 from astrbot.core.utils.astrbot_path import get_astrbot_data_path
 
-from . import _vendor  # noqa: F401  (first: puts the vendored core on sys.path when needed)
-from .flows import HANDLED, Bridge, proactive_sink
-from .settings import PLUGIN_NAME, load_settings
+from .astrbot_bridge.flows import HANDLED, Bridge, proactive_sink
+from .astrbot_bridge.settings import PLUGIN_NAME, load_settings
 
 __all__ = ("AiimgPlugin", "FallbackFilter")
 

@@ -24,7 +24,7 @@ import structlog
 from anyio.abc import TaskStatus
 from nats.aio.msg import Msg
 
-from .bus import Bus
+from ..infra.bus import Bus
 
 __all__ = ("Heartbeats", "PullConsumer")
 

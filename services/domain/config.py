@@ -19,8 +19,7 @@ from urllib.parse import unquote
 
 import msgspec
 
-from messages import Operation, Reason
-
+from ...messages import Operation, Reason
 from .errors import ConfigError
 from .settings import (
     ArkSettings,

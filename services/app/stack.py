@@ -17,12 +17,14 @@ from typing import Protocol
 import anyio
 import structlog
 
-from .bus import Bus, connect
-from .config import Config, secret_values
-from .embedded import Credentials, EmbeddedServer, write_private
-from .logging import REDACTOR, ensure_logging
-from .provider import Provider, ProviderActor, providers_for
-from .router import Router
+from ..actors.provider import ProviderActor
+from ..actors.router import Router
+from ..domain.config import Config, secret_values
+from ..infra.bus import Bus, connect
+from ..infra.embedded import Credentials, EmbeddedServer, write_private
+from ..infra.logging import REDACTOR, ensure_logging
+from ..providers.base import Provider
+from ..providers.catalog import providers_for
 
 __all__ = ("Endpoint", "Stack", "open_bus", "running_embedded", "running_embedded_url")
 

@@ -38,7 +38,7 @@ from collections.abc import Callable
 import anyio
 from PIL import BmpImagePlugin, GifImagePlugin, ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
-from .errors import ProviderFailure
+from ..domain.errors import ProviderFailure
 
 __all__ = (
     "MAX_PIXELS",

@@ -28,14 +28,13 @@ import msgspec
 import structlog
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-from messages import BlobRef
-
-from .blobs import BlobStore
-from .bus import Bus
+from ...messages import BlobRef
+from ..domain.config import Config
+from ..domain.errors import AiimgError, BlobError, ProviderFailure
+from ..infra.blobs import BlobStore
+from ..infra.bus import Bus
+from ..infra.media import check_image
 from .client import Client
-from .config import Config
-from .errors import AiimgError, BlobError, ProviderFailure
-from .media import check_image
 
 __all__ = (
     "DEFAULT_PROMPT_PREFIX",

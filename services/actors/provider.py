@@ -1,21 +1,16 @@
-"""The provider seam: a small :class:`Provider` per upstream, and the actor that runs it.
+"""The provider actor: consumes ``provider-<alias>`` and runs each work item through a provider.
 
-A provider turns one attempt into bytes or raises :class:`~services.errors.ProviderFailure`
-with a typed reason. Everything else — pulling work, heartbeats, deadlines, loading input
-blobs, validating and storing the result, writing the attempt event, redelivery checks —
-is done once, here, by :class:`ProviderActor`.
+Pulling work, heartbeats, deadlines, loading and checking input blobs, checking and storing
+the result, writing the attempt event and redelivery checks are done here, once, for every
+upstream module in ``services/providers/``.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import math
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar
 
 import anyio
 import httpx
@@ -23,100 +18,32 @@ import structlog
 from nats.aio.msg import Msg
 from structlog.contextvars import bound_contextvars
 
-from messages import (
+from ...messages import (
     AttemptDispatched,
     AttemptFailed,
     AttemptSucceeded,
     BlobRef,
     DecodeError,
-    Operation,
     decode_event,
     placed,
 )
-
-from .blobs import BlobStore
-from .bus import Bus
-from .config import Config
-from .errors import BlobError, BusError, ProviderFailure
-from .http import DownloadClient, download_client, response_cap, upstream_client
-from .logging import REDACTOR, redact
-from .media import MediaInfo, check_image, check_media
+from ..domain.errors import BlobError, BusError, ProviderFailure
+from ..domain.settings import ProviderSettings
+from ..infra.blobs import BlobStore
+from ..infra.bus import Bus
+from ..infra.http import DownloadClient, download_client, upstream_client
+from ..infra.logging import REDACTOR, redact
+from ..infra.media import MediaInfo, check_image, check_media
+from ..providers.base import AttemptContext, InputImage, Provider
 from .runtime import Heartbeats, PullConsumer, describe
-from .settings import ProviderSettings
 
-__all__ = ("AttemptContext", "InputImage", "Output", "Provider", "ProviderActor", "response_cap")
+__all__ = ("MAX_RETRY_AFTER", "ProviderActor")
 
 log = structlog.get_logger("aiimg.provider")
 
 MAX_RETRY_AFTER = 86_400.0
 """An upstream's retry hint is capped at a day (``inf`` included): far past ``policy.max_retry_after``,
 so the router moves to the next provider at once."""
-
-
-@dataclass(frozen=True, slots=True)
-class InputImage:
-    data: bytes
-    mime: str
-
-
-@dataclass(slots=True)
-class AttemptContext:
-    """What a provider gets for one attempt."""
-
-    dispatch: AttemptDispatched
-    settings: ProviderSettings
-    """The ``draw.<alias>`` / ``edit.<alias>`` / ``video`` block for this operation."""
-    config: Config
-    inputs: list[InputImage]
-    http: httpx.AsyncClient
-    """For the upstream's API (its configured base URL, which may be a LAN gateway)."""
-    downloads: DownloadClient
-    """For URLs the upstream's replies name (``_common.download``): public addresses only,
-    unless ``network.allow_private_downloads``."""
-    deadline: float
-    """Monotonic-clock deadline for the whole attempt."""
-
-    @property
-    def op(self) -> Operation:
-        return self.dispatch.op
-
-    @property
-    def prompt(self) -> str:
-        return self.dispatch.prompt
-
-    @property
-    def output(self) -> str:
-        return self.dispatch.output
-
-    def remaining(self) -> float:
-        return max(0.0, self.deadline - time.monotonic())
-
-
-@dataclass(slots=True)
-class Output:
-    """A provider's result: the bytes, and the URL the upstream served them from (if any)."""
-
-    data: bytes
-    source_url: str = ""
-    info: MediaInfo | None = field(default=None)
-    """What the provider believes it made. A hint only: the actor checks every result itself."""
-
-
-class Provider(abc.ABC):
-    """One upstream API. Subclasses set ``alias`` and implement :meth:`run`."""
-
-    alias: ClassVar[str]
-    produces_video: ClassVar[bool] = False
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
-    @abc.abstractmethod
-    async def run(self, ctx: AttemptContext) -> Output:
-        """Produce the result for ``ctx`` or raise ``ProviderFailure``."""
-
-    async def aclose(self) -> None:
-        """Release resources (keys state, pools). Called once at shutdown."""
 
 
 class ProviderActor:
@@ -408,11 +335,3 @@ def _screened_source_url(url: str) -> str:
         log.warning("source_url_dropped", reason=why)
         return ""
     return url
-
-
-def providers_for(config: Config, only: Sequence[str] | None = None) -> list[Provider]:
-    """Instantiate the provider classes for ``only`` (default: every enabled alias)."""
-    from .providers import load_provider
-
-    aliases = list(only) if only else config.enabled_providers()
-    return [load_provider(alias, config) for alias in aliases]

@@ -16,7 +16,7 @@ import anyio
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
-from messages import (
+from ...messages import (
     AttemptSucceeded,
     BlobRef,
     CancelRequested,
@@ -28,12 +28,11 @@ from messages import (
     decode_event,
     placed,
 )
-from messages._codec import DecodeError
-
-from .blobs import BlobStore
-from .bus import Bus
-from .errors import AiimgError, JobError, ProviderFailure
-from .media import check_image
+from ...messages._codec import DecodeError
+from ..domain.errors import AiimgError, JobError, ProviderFailure
+from ..infra.blobs import BlobStore
+from ..infra.bus import Bus
+from ..infra.media import check_image
 
 __all__ = ("Client", "new_job_id")
 

@@ -43,10 +43,9 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import APIError, NotFoundError, ObjectNotFoundError
 from nats.nuid import NUID
 
-from messages import BlobRef, Names
-
+from ...messages import BlobRef, Names
+from ..domain.errors import BlobError
 from .bus import Bus
-from .errors import BlobError
 from .media import MediaInfo, sniff_mime
 
 __all__ = ("CHUNK_SIZE", "WINDOW_BYTES", "BlobStore")

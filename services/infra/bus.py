@@ -28,7 +28,7 @@ from nats.js import api as js_api
 from nats.js.errors import APIError, BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from messages import (
+from ...messages import (
     DecodeError,
     Event,
     JobEvent,
@@ -39,12 +39,11 @@ from messages import (
     event_subject,
     placed,
 )
-from messages._subjects import Kind
-
-from .config import CAPABILITIES, Config, NatsConfig
+from ...messages._subjects import Kind
+from ..domain.config import CAPABILITIES, Config, NatsConfig
+from ..domain.errors import BusError
+from ..domain.state import JobState, fold
 from .embedded import Credentials
-from .errors import BusError
-from .state import JobState, fold
 
 __all__ = ("MSG_ID", "Bus", "JobLog", "Logged", "StaleView", "connect", "consumer_configs", "consumer_drift")
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import anyio
 
-from messages import (
+from ...messages import (
     AttemptDispatched,
     AttemptFailed,
     AttemptSucceeded,
@@ -24,11 +24,10 @@ from messages import (
     JobRequested,
     Operation,
 )
-
+from ..domain.config import Config, load_config
+from ..domain.errors import AiimgError, JobError
+from ..infra.logging import configure_logging, redact
 from .client import Client
-from .config import Config, load_config
-from .errors import AiimgError, JobError
-from .logging import configure_logging, redact
 from .stack import Stack, open_bus, running
 
 __all__ = ("main",)

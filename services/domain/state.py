@@ -23,7 +23,7 @@ from typing import TypeAlias
 
 import msgspec
 
-from messages import (
+from ...messages import (
     AttemptDispatched,
     AttemptFailed,
     AttemptSucceeded,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from messages import JobCancelled, JobFailed, JobRejected, Reason
+    from ...messages import JobCancelled, JobFailed, JobRejected, Reason
 
 __all__ = (
     "AiimgError",
@@ -82,7 +82,7 @@ class ProviderFailure(AiimgError):
 
 
 def _describe(event: JobFailed | JobCancelled | JobRejected) -> str:
-    from messages import JobCancelled, JobRejected
+    from ...messages import JobCancelled, JobRejected
 
     if isinstance(event, JobCancelled):
         return f"job {event.job_id} cancelled" + (f": {event.reason}" if event.reason else "")

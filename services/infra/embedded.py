@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EmbeddedServerError
+from ..domain.errors import EmbeddedServerError
 
 __all__ = ("Credentials", "EmbeddedServer", "find_nats_server", "private_dir", "write_private")
 

@@ -38,8 +38,8 @@ from httpx._client import USE_CLIENT_DEFAULT, UseClientDefault
 from httpx._types import AuthTypes
 from yarl import URL
 
-from .config import Config
-from .errors import ProviderFailure
+from ..domain.config import Config
+from ..domain.errors import ProviderFailure
 
 __all__ = (
     "ACCEPT_ENCODING",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from messages import (
+from ...messages import (
     AttemptDispatched,
     AttemptFailed,
     AttemptSucceeded,
@@ -24,7 +24,6 @@ from messages import (
     Names,
     Operation,
 )
-
 from .config import CAPABILITIES, Config
 from .sizes import parse_output
 from .state import JobState

@@ -33,7 +33,7 @@ import structlog
 from nats.aio.msg import Msg
 from structlog.contextvars import bound_contextvars
 
-from messages import (
+from ...messages import (
     AttemptDispatched,
     AttemptFailed,
     AttemptSucceeded,
@@ -45,12 +45,11 @@ from messages import (
     decode_event,
     placed,
 )
-
-from .bus import Bus, StaleView
-from .errors import BusError
-from .routing import decide
+from ..domain.errors import BusError
+from ..domain.routing import decide
+from ..domain.state import JobState, apply
+from ..infra.bus import Bus, StaleView
 from .runtime import PullConsumer, describe
-from .state import JobState, apply
 
 __all__ = ("Admission", "Router")
 

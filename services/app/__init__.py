@@ -1,0 +1,1 @@
+"""Entry points: the client API, running a stack, selfies, the CLI."""

@@ -1,0 +1,1 @@
+"""Infrastructure: the NATS/JetStream bus, blob store, embedded server, HTTP clients, media checks, logging and redaction."""
