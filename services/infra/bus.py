@@ -15,13 +15,16 @@ import contextlib
 import json
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import anyio
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -43,9 +46,21 @@ from ...messages._subjects import Kind
 from ..domain.config import CAPABILITIES, Config, NatsConfig
 from ..domain.errors import BusError
 from ..domain.state import JobState, fold
+from .blobs import BlobStore
 from .embedded import Credentials
+from .pull import Handler, PullConsumer
 
-__all__ = ("MSG_ID", "Bus", "JobLog", "Logged", "StaleView", "connect", "consumer_configs", "consumer_drift")
+__all__ = (
+    "MSG_ID",
+    "Bus",
+    "JobLog",
+    "Logged",
+    "StaleView",
+    "Subscription",
+    "connect",
+    "consumer_configs",
+    "consumer_drift",
+)
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -393,7 +408,7 @@ class Bus:
     async def _consumer_info_raw(self, name: str) -> dict[str, Any] | None:
         """The server's JSON for consumer ``name`` (nats-py's model drops fields we must check)."""
         try:
-            reply = await self.nc.request(f"$JS.API.CONSUMER.INFO.{self.names.jobs_stream}.{name}", b"", timeout=10.0)
+            reply = await self.nc.request(self.names.consumer_info_subject(name), b"", timeout=10.0)
         except NatsTimeoutError:
             raise BusError(f"no answer reading consumer {name}") from None
         doc = json.loads(reply.data)
@@ -405,6 +420,28 @@ class Bus:
                 return None
             raise BusError(f"cannot read consumer {name}: {err.get('description', err)}")
         return doc
+
+    # ---- what actors use (the NATS side of services.actors.ports.JobBus) -----------------
+
+    def consumer(self, durable: str, handler: Handler, *, concurrency: int, name: str = "") -> PullConsumer:
+        """Run ``handler`` for every message of durable consumer ``durable``, ``concurrency`` at a time."""
+        return PullConsumer(self, durable, handler, concurrency=concurrency, name=name)
+
+    async def on_done(self, callback: Callable[[str], Awaitable[None]]) -> Subscription:
+        """Call ``callback(job_id)`` for every terminal event written from now on; close the result to stop."""
+
+        async def on_msg(msg: Msg) -> None:
+            try:
+                job_id = self.names.parse(msg.subject).job_id
+            except ValueError:
+                return
+            await callback(job_id)
+
+        return _Subscription(await self.nc.subscribe(self.names.subject("done"), cb=on_msg))
+
+    def blob_store(self, bucket: str | None = None, *, purge: bool = True) -> BlobStore:
+        """Blobs on this connection (see :class:`~services.infra.blobs.BlobStore`)."""
+        return BlobStore(self, bucket, purge=purge)
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
@@ -454,6 +491,11 @@ class Bus:
             ack = await self.js.publish(subject, data, headers=headers or None, stream=self.names.jobs_stream)
         except APIError as exc:
             if exc.err_code == 10071 and isinstance(event, JobRequested):
+                # Our own earlier write whose ack was lost (a retry through a leader election)
+                # is recognised by its content: the job's first message is exactly this request.
+                first = await self._first_message(event.job_id)
+                if first is not None and first[1] == subject and first[2] == data:
+                    return first[0], True
                 raise BusError(f"job id {event.job_id} was already used") from None
             if exc.err_code == 10071 and expect_last is not None:
                 raise StaleView(f"job {event.job_id} has events newer than seq {expect_last}") from None
@@ -504,13 +546,35 @@ class Bus:
 
     async def first_seq(self, job_id: str) -> int:
         """Stream seq of the first stored message of ``job_id`` (any subject), 0 if it has none."""
+        first = await self._first_message(job_id)
+        return first[0] if first is not None else 0
+
+    async def _first_message(self, job_id: str) -> tuple[int, str, bytes] | None:
         try:
             raw = await self.js.get_msg(
                 self.names.jobs_stream, seq=1, subject=self.names.subject("history", job_id), next=True, direct=True
             )
         except NotFoundError:
-            return 0
-        return int(raw.seq or 0)
+            return None
+        return int(raw.seq or 0), raw.subject or "", raw.data or b""
+
+
+class Subscription:
+    """Something that can be closed: a live subscription."""
+
+    async def close(self) -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+class _Subscription(Subscription):
+    def __init__(self, sub: NatsSubscription) -> None:
+        self._sub = sub
+
+    async def close(self) -> None:
+        try:
+            await self._sub.unsubscribe()
+        except NatsError as exc:  # the connection is already gone, and the subscription with it
+            log.debug("unsubscribe_skipped", error=type(exc).__name__)
 
 
 _READ_SIZE = 256 * 1024

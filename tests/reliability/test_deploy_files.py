@@ -268,3 +268,5 @@ def test_cluster_script_starts_three_nodes_that_accept_the_printed_credentials(t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
