@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect as mi
 
-from ..services.domain.config import CAPABILITIES, Config
+from ..services.config import CAPABILITIES, Config
 
 __all__ = ("ADVANCED", "build_schema", "render_json")
 
