@@ -183,9 +183,10 @@ def _entry(cls: type[Provider]) -> Entry:
         raise ConfigError(f"{where}: settings_type must be a ProviderSettings subclass, not {settings!r}")
     if "video" in ops and ops != {"video"}:
         raise ConfigError(f"{where}: a video provider serves only 'video' (its settings are the video block)")
-    if ("video" in ops) != issubclass(settings, VideoSection):
-        need = "a VideoSection" if "video" in ops else "not a VideoSection"
-        raise ConfigError(f"{where}: settings_type for {sorted(ops)} must be {need} subclass")
+    if "video" in ops and not issubclass(settings, VideoSection):
+        raise ConfigError(f"{where}: a video provider's settings_type must be a VideoSection subclass")
+    if "video" not in ops and issubclass(settings, VideoSection):
+        raise ConfigError(f"{where}: settings_type is a VideoSection, the video block, but {alias!r} makes no video")
     section_keys = set(DrawSection.__struct_fields__) | set(EditSection.__struct_fields__)
     if alias in section_keys:
         raise ConfigError(f"{where}: alias {alias!r} is a key of draw/edit itself")
