@@ -134,8 +134,8 @@ class Catalog:
     @functools.cached_property
     def config_type(self) -> type[ConfigBase]:
         """:class:`ConfigBase` with every provider's blocks, typed by its settings, and this catalog's tables."""
-        draw = self._section("DrawConfig", DrawSection, ("draw",), "block_order")
-        edit = self._section("EditConfig", EditSection, ("edit", "selfie"), "block_order")
+        draw = self._section("DrawConfig", DrawSection, ("draw",))
+        edit = self._section("EditConfig", EditSection, ("edit", "selfie"))
         video = self._video_settings
         fields = [
             ("draw", draw, msgspec.field(default_factory=draw)),
@@ -145,9 +145,10 @@ class Catalog:
         namespace = {"capabilities": self.capabilities, "short_names": self.short_names}
         return _defstruct("Config", fields, ConfigBase, namespace)
 
-    def _section(self, name: str, base: type[Section], ops: tuple[Operation, ...], order: str) -> type[Section]:
+    def _section(self, name: str, base: type[Section], ops: tuple[Operation, ...]) -> type[Section]:
+        """``base`` plus a block for each provider that serves one of ``ops``, in block order."""
         served = [e for e in self.entries if any(op in e.operations for op in ops)]
-        served.sort(key=lambda e: (getattr(e.provider, order), e.alias))
+        served.sort(key=lambda e: (e.provider.block_order, e.alias))
         fields = [(e.alias, e.settings, msgspec.field(default_factory=e.settings)) for e in served]
         return _defstruct(name, fields, base, {})
 
