@@ -22,7 +22,7 @@ from astrbot.api.event import MessageChain
 from ..messages import JobCompleted, Operation
 from ..services.app.client import Client
 from ..services.app.selfie import SelfieError, submit_selfie, webui_references
-from ..services.domain.config import Config
+from ..services.config import Config
 from ..services.domain.errors import AiimgError
 from ..services.providers._common import download
 from . import texts

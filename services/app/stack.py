@@ -20,7 +20,7 @@ import structlog
 from ..actors.ports import JobBus
 from ..actors.provider import ProviderActor
 from ..actors.router import Router
-from ..domain.config import Config, secret_values
+from ..config import Config, secret_values
 from ..infra.bus import Bus, connect
 from ..infra.embedded import Credentials, EmbeddedServer, write_private
 from ..infra.logging import REDACTOR, ensure_logging

@@ -43,7 +43,7 @@ from ...messages import (
     placed,
 )
 from ...messages._subjects import Kind
-from ..domain.config import CAPABILITIES, Config, NatsConfig
+from ..domain.config import ConfigBase, NatsConfig
 from ..domain.errors import BusError
 from ..domain.state import JobState, fold
 from .blobs import BlobStore
@@ -134,7 +134,7 @@ class JobLog:
         return fold(job_id, ((e.writer, e.event) for e in self.entries))
 
 
-def consumer_configs(names: Names, config: Config) -> list[js_api.ConsumerConfig]:
+def consumer_configs(names: Names, config: ConfigBase) -> list[js_api.ConsumerConfig]:
     """The durable consumers of the layout, exactly as the router creates (and repairs) them."""
     router = js_api.ConsumerConfig(
         name=names.router_consumer,
@@ -159,7 +159,7 @@ def consumer_configs(names: Names, config: Config) -> list[js_api.ConsumerConfig
             max_waiting=CONSUMER_MAX_WAITING,
             filter_subject=names.subject("dispatch", token=alias),
         )
-        for alias in CAPABILITIES
+        for alias in config.capabilities
     ]
     return [router, *providers]
 
@@ -217,7 +217,7 @@ class Bus:
     nc: NATS
     js: JetStreamContext
     names: Names
-    config: Config
+    config: ConfigBase
     embedded_here: bool = False
     """True when this process started the embedded nats-server this bus talks to."""
     _kv: KeyValue | None = field(default=None, repr=False)
@@ -594,7 +594,7 @@ def _widen_socket_reads() -> None:
         nats_client.DEFAULT_BUFFER_SIZE = _READ_SIZE
 
 
-async def connect(config: Config, url: str | None = None, *, credentials: Credentials | None = None) -> Bus:
+async def connect(config: ConfigBase, url: str | None = None, *, credentials: Credentials | None = None) -> Bus:
     """Connect to ``url`` (or ``config.nats.url``) and return a :class:`Bus`. Does not create the layout.
 
     ``credentials`` (an embedded server's user and password) replace the configured ones.

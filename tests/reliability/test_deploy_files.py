@@ -24,7 +24,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from aiimg.services.domain.config import CAPABILITIES, load_config
+from aiimg.services.config import CAPABILITIES, load_config
 from aiimg.services.infra.embedded import find_nats_server
 
 from .procs import DEPLOY, deploy_module
