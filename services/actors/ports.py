@@ -14,7 +14,7 @@ from typing import Protocol
 from anyio.abc import TaskStatus
 
 from ...messages import BlobRef, Event, Names
-from ..domain.config import Config
+from ..domain.config import ConfigBase as Config
 from ..infra.bus import JobLog
 from ..infra.delivery import Delivery
 from ..infra.media import MediaInfo

@@ -25,7 +25,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from ...messages import BlobRef, DecodeError, Event, JobRequested, Names, decode_event, encode, event_subject, placed
-from ..domain.config import Config
+from ..domain.config import ConfigBase as Config
 from ..domain.errors import BlobError, BusError
 from .bus import JobLog, Logged, StaleView, consumer_configs
 from .delivery import Delivery, crash_delay

@@ -16,7 +16,7 @@ import pytest
 
 from aiimg.messages import JobEvent, TerminalEvent
 from aiimg.services.actors.ports import JobBus
-from aiimg.services.domain.config import Config
+from aiimg.services.config import Config
 from aiimg.services.infra.bus import connect
 from aiimg.services.infra.memory import MemoryBus
 
