@@ -30,7 +30,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from ...messages import BlobRef
 from ..domain.config import Config
-from ..domain.errors import AiimgError, BlobError, ProviderFailure
+from ..domain.errors import AiimgError, BlobError, ProviderFailure, SelfieError
 from ..infra.blobs import BlobStore
 from ..infra.bus import Bus
 from ..infra.media import check_image
@@ -40,7 +40,6 @@ __all__ = (
     "DEFAULT_PROMPT_PREFIX",
     "ReferenceSet",
     "ReferenceStore",
-    "SelfieError",
     "looks_like_selfie",
     "selfie_prompt",
     "submit_selfie",
@@ -62,17 +61,6 @@ log = structlog.get_logger("aiimg.selfie")
 
 _SELFIE_WORDS = ("自拍", "来一张你", "来张你", "你来一张", "你来张", "看看你")
 _IMAGE_SUFFIX = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
-
-
-class SelfieError(AiimgError):
-    """Raised when a selfie cannot be requested: the feature is off or no portrait is set.
-
-    ``code`` is ``disabled`` or ``no_references``; front ends map it to their own text.
-    """
-
-    def __init__(self, code: Literal["disabled", "no_references"], message: str) -> None:
-        self.code = code
-        super().__init__(message)
 
 
 def looks_like_selfie(prompt: str) -> bool:

@@ -41,20 +41,17 @@ from ...messages import (
 )
 from ...messages._subjects import Kind
 from ..domain.config import CAPABILITIES, Config, NatsConfig
-from ..domain.errors import BusError
+from ..domain.errors import BusError, StaleView
 from ..domain.state import JobState, fold
 from .embedded import Credentials
 
+# StaleView is defined in domain.errors with every other error; actors/router.py still imports it from here.
 __all__ = ("MSG_ID", "Bus", "JobLog", "Logged", "StaleView", "connect", "consumer_configs", "consumer_drift")
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 """nats-server 2.11+: compare the last seq of a wildcard subject (a whole job), not one subject."""
-
-
-class StaleView(BusError):
-    """Raised when an optimistic write finds the job has events the writer has not seen."""
 
 
 ROUTER_FILTERS: tuple[Kind, ...] = ("requested", "cancel", "attempt")
