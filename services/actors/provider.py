@@ -34,16 +34,21 @@ from ..infra.bus import Bus
 from ..infra.http import DownloadClient, download_client, upstream_client
 from ..infra.logging import REDACTOR, redact
 from ..infra.media import MediaInfo, check_image, check_media
+from ..infra.retry import Backoff, retrying
 from ..providers.base import AttemptContext, InputImage, Provider
 from .runtime import Heartbeats, PullConsumer, describe
 
-__all__ = ("MAX_RETRY_AFTER", "ProviderActor")
+__all__ = ("MAX_RETRY_AFTER", "STORE_RETRY", "ProviderActor")
 
 log = structlog.get_logger("aiimg.provider")
 
 MAX_RETRY_AFTER = 86_400.0
 """An upstream's retry hint is capped at a day (``inf`` included): far past ``policy.max_retry_after``,
 so the router moves to the next provider at once."""
+
+STORE_RETRY = Backoff(0.25, tries=5)
+"""Storing a result while the blob store does not answer (a leader election): five tries,
+0.25 s apart doubling, then the work item goes back to the queue (:meth:`ProviderActor._store`)."""
 
 
 class ProviderActor:
@@ -57,8 +62,10 @@ class ProviderActor:
         concurrency: int | None = None,
         http: httpx.AsyncClient | None = None,
         downloads: DownloadClient | None = None,
+        store_retry: Backoff = STORE_RETRY,
     ) -> None:
         self.bus = bus
+        self.store_retry = store_retry
         self.provider = provider
         self.alias = provider.alias
         cfg = bus.config
@@ -277,16 +284,16 @@ class ProviderActor:
                 "invalid_response",
                 f"result of {len(data)} bytes exceeds retention.max_blob_bytes={self.blobs.max_bytes}",
             )
-        delay = 0.25
-        for _ in range(5):
-            try:
-                return await self.blobs.put(data, info)
-            except BlobError as exc:
-                error = exc
-            log.warning("blob_store_unavailable", error=str(error), retry_in=delay)
-            await anyio.sleep(delay)
-            delay *= 2
-        raise BusError(f"cannot store the result: {error}")
+
+        def again(exc: BaseException, wait: float) -> None:
+            log.warning("blob_store_unavailable", error=str(exc), retry_in=wait)
+
+        try:
+            return await retrying(
+                lambda: self.blobs.put(data, info), self.store_retry, retry_on=BlobError, on_retry=again
+            )
+        except BlobError as exc:
+            raise BusError(f"cannot store the result: {exc}") from None
 
     def _failed(
         self,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -22,6 +21,8 @@ from typing import Any, NamedTuple
 import anyio
 import structlog
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
@@ -44,9 +45,20 @@ from ..domain.config import CAPABILITIES, Config, NatsConfig
 from ..domain.errors import BusError, StaleView
 from ..domain.state import JobState, fold
 from .embedded import Credentials
+from .retry import Backoff, retrying
 
 # StaleView is defined in domain.errors with every other error; actors/router.py still imports it from here.
-__all__ = ("MSG_ID", "Bus", "JobLog", "Logged", "StaleView", "connect", "consumer_configs", "consumer_drift")
+__all__ = (
+    "MSG_ID",
+    "Bus",
+    "JobLog",
+    "Logged",
+    "StaleView",
+    "connect",
+    "consumer_configs",
+    "consumer_drift",
+    "unsubscribe",
+)
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -60,6 +72,9 @@ log = structlog.get_logger("aiimg.bus")
 
 INITIAL_CONNECT_ATTEMPTS = 2
 """Retries per server before the first connection fails (later reconnects never give up)."""
+
+LAYOUT_RETRY = Backoff(1.0, factor=1.0, within=30.0)
+"""Waiting for the JetStream layout (:meth:`Bus.ensure_layout`): a look every second for 30 s."""
 
 CONSUMER_MAX_ACK_PENDING = 100_000
 CONSUMER_MAX_WAITING = 512
@@ -114,6 +129,11 @@ class JobLog:
 
     def folded(self, job_id: str) -> JobState:
         return fold(job_id, ((e.writer, e.event) for e in self.entries))
+
+
+class _LayoutMissing(Exception):
+    """What of the layout is still missing: a signal inside :meth:`Bus.ensure_layout`, which
+    raises ``BusError`` once it stops waiting."""
 
 
 def consumer_configs(names: Names, config: Config) -> list[js_api.ConsumerConfig]:
@@ -212,7 +232,7 @@ class Bus:
 
     # ---- layout -------------------------------------------------------------
 
-    async def ensure_layout(self, *, wait: float = 30.0) -> None:
+    async def ensure_layout(self, *, retry: Backoff = LAYOUT_RETRY) -> None:
         """Create or update the stream, consumers and buckets. Safe to call from every process.
 
         Reads first and writes only what is missing or changed, so an actor whose NATS
@@ -220,11 +240,11 @@ class Bus:
         starts as soon as the layout exists. Creation is checked by reading the layout
         back: on a JetStream cluster a create can fail transiently (no meta leader yet, a
         peer restarting), and such a failure used to be swallowed, leaving a process
-        running without its blob bucket. Retries for up to ``wait`` seconds, then raises
-        :class:`BusError` saying what is missing.
+        running without its blob bucket. Retries as ``retry`` says (:data:`LAYOUT_RETRY`: for
+        30 s), then raises :class:`BusError` saying what is missing.
         """
-        deadline = time.monotonic() + wait
-        while True:
+
+        async def once() -> None:
             missing = await self._layout_missing()
             if not missing:
                 return
@@ -237,13 +257,18 @@ class Bus:
             else:
                 if not await self._layout_missing():
                     return
-            if time.monotonic() >= deadline:
-                raise BusError(
-                    f"JetStream layout not ready: {missing}. Is JetStream enabled? With per-actor "
-                    "permissions the router creates the layout: start it first"
-                )
-            log.info("layout_not_ready", missing=missing)
-            await anyio.sleep(1.0)
+            raise _LayoutMissing(missing)
+
+        def again(exc: BaseException, wait: float) -> None:
+            log.info("layout_not_ready", missing=str(exc), retry_in=wait)
+
+        try:
+            await retrying(once, retry, retry_on=_LayoutMissing, on_retry=again)
+        except _LayoutMissing as exc:
+            raise BusError(
+                f"JetStream layout not ready: {exc}. Is JetStream enabled? With per-actor "
+                "permissions the router creates the layout: start it first"
+            ) from None
 
     async def _layout_missing(self) -> str:
         """What of the layout is missing or differs from this config ('' when complete)."""
@@ -565,6 +590,16 @@ async def connect(config: Config, url: str | None = None, *, credentials: Creden
         raise BusError(f"cannot connect to NATS: {why}") from None
     nc.options["max_reconnect_attempts"] = -1
     return Bus(nc=nc, js=nc.jetstream(timeout=10), names=Names(cfg.prefix), config=config)
+
+
+async def unsubscribe(sub: Subscription) -> None:
+    """Drop ``sub`` on the way out. A connection that is closed, draining or gone took its
+    subscriptions along: nats-py's refusal then is logged at debug level, not raised over
+    whatever the caller is leaving with."""
+    try:
+        await sub.unsubscribe()
+    except NatsError as exc:
+        log.debug("unsubscribe_skipped", subject=sub.subject, error=type(exc).__name__)
 
 
 async def _on_error(exc: Exception) -> None:
