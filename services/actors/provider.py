@@ -27,7 +27,7 @@ from ...messages import (
     decode_event,
     placed,
 )
-from ..domain.errors import BlobError, BusError, ProviderFailure
+from ..domain.errors import BlobError, BusError, MediaError, ProviderFailure
 from ..domain.settings import ProviderSettings
 from ..infra.blobs import BlobStore
 from ..infra.bus import Bus
@@ -35,6 +35,7 @@ from ..infra.http import DownloadClient, download_client, upstream_client
 from ..infra.logging import REDACTOR, redact
 from ..infra.media import MediaInfo, check_image, check_media
 from ..infra.retry import Backoff, retrying
+from ..providers._errors import failure_for
 from ..providers.base import AttemptContext, InputImage, Provider
 from .runtime import Heartbeats, PullConsumer, describe
 
@@ -216,19 +217,20 @@ class ProviderActor:
             if REDACTOR.embedded_in(out.data):  # e.g. a gateway echoing the request into a PNG text chunk
                 raise ProviderFailure("invalid_response", "result embeds a credential")
             ref = await self._store(out.data, info)
-        except ProviderFailure as exc:
-            return self._failed(d, exc.reason, exc.message, started, status=exc.status, retry_after=exc.retry_after)
         except TimeoutError:
             return self._failed(d, "timeout", f"no result within {budget:.0f}s", started)
-        except httpx.TimeoutException:
-            return self._failed(d, "timeout", "upstream timed out", started)
-        except httpx.TransportError as exc:
-            return self._failed(d, "network", f"{type(exc).__name__}", started)
         except BusError:
             raise  # the bus, not the upstream: the handler fails and the work item comes back
         except Exception as exc:
-            log.exception("provider_bug")
-            return self._failed(d, "upstream_error", f"internal error: {type(exc).__name__}", started)
+            # What the provider, the transport or the result check raised, as a typed reason:
+            # mapped here, once (providers/_errors.py). Anything it does not know is our bug.
+            failure = failure_for(exc)
+            if failure is None:
+                log.exception("provider_bug")
+                return self._failed(d, "upstream_error", f"internal error: {type(exc).__name__}", started)
+            return self._failed(
+                d, failure.reason, failure.message, started, status=failure.status, retry_after=failure.retry_after
+            )
         elapsed = int((time.monotonic() - started) * 1000)
         log.info("attempt_succeeded", blob=ref.name, bytes=ref.size, mime=ref.mime, elapsed_ms=elapsed)
         return AttemptSucceeded(
@@ -267,9 +269,8 @@ class ProviderActor:
                 try:
                     data = await self.blobs.get(ref)
                     info = await check_image(data, max_pixels=limits.max_pixels, limiter=self._checks)
-                except (BlobError, ProviderFailure) as exc:
-                    message = exc.message if isinstance(exc, ProviderFailure) else str(exc)
-                    raise ProviderFailure("bad_request", f"input #{n}: {message}") from None
+                except (BlobError, MediaError) as exc:
+                    raise failure_for(exc, label=f"input #{n}", request=True) from None
                 image = loaded[ref] = InputImage(data, info.mime)
             inputs.append(image)
         return inputs

@@ -30,7 +30,7 @@ from ...messages import (
     placed,
 )
 from ...messages._codec import DecodeError
-from ..domain.errors import AiimgError, JobError, ProviderFailure
+from ..domain.errors import AiimgError, JobError, MediaError
 from ..infra.blobs import READ_RETRY, BlobStore
 from ..infra.bus import Bus, unsubscribe
 from ..infra.media import check_image
@@ -69,11 +69,11 @@ class Client:
         self._inputs_ready = False
 
     async def put_image(self, data: bytes) -> BlobRef:
-        """Validate and store an input image; raise ``AiimgError`` with a clear message if unusable."""
+        """Validate and store an input image; raise ``MediaError`` with a clear message if unusable."""
         try:
             info = await check_image(data, max_pixels=self.bus.config.limits.max_pixels)
-        except ProviderFailure as exc:
-            raise AiimgError(f"input image rejected: {exc.message}") from None
+        except MediaError as exc:
+            raise MediaError(exc.kind, f"input image rejected: {exc.message}") from None
         if not self._inputs_ready:
             await self.bus.ensure_object_bucket(self.inputs.bucket, ttl=self.bus.config.retention.blob_max_age)
             self._inputs_ready = True

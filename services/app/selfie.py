@@ -30,7 +30,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from ...messages import BlobRef
 from ..domain.config import Config
-from ..domain.errors import AiimgError, BlobError, ProviderFailure, SelfieError
+from ..domain.errors import BlobError, MediaError, SelfieError
 from ..infra.blobs import BlobStore
 from ..infra.bus import Bus
 from ..infra.media import check_image
@@ -206,8 +206,8 @@ class ReferenceStore:
             try:
                 # Magic bytes, the pixel limit, placeholders, a full decode.
                 info = await check_image(data, max_pixels=self.bus.config.limits.max_pixels)
-            except ProviderFailure as exc:
-                raise AiimgError(f"reference image rejected: {exc.message}") from None
+            except MediaError as exc:
+                raise MediaError(exc.kind, f"reference image rejected: {exc.message}") from None
             refs.append(await self._blobs.put(data, info))
         kv = await self.bus.kv()
         await kv.put(self._key(bot_id), msgspec.json.encode(_RefIndex(refs=refs)))

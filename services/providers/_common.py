@@ -24,10 +24,11 @@ import pybase64
 
 from ...messages import Reason
 from ..domain.config import NetworkConfig
-from ..domain.errors import ConfigError, ProviderFailure
+from ..domain.errors import AddressRefused, ConfigError, HostUnresolved, ProviderFailure, UpstreamResponseError
 from ..infra.http import DownloadClient, read_body
 from ..infra.logging import redact
 from ..infra.redaction import mask_forms
+from ._errors import failure_for
 
 __all__ = (
     "Cooldown",
@@ -388,11 +389,12 @@ def b64_text(data: bytes) -> str:
     return pybase64.b64encode(data).decode("ascii")
 
 
-def decode_base64(value: str) -> bytes:
+def decode_base64(value: str, *, label: str = "") -> bytes:
     """Strictly decode base64 or a ``data:…;base64,`` URL (whitespace tolerated, padding fixed).
 
-    Raises ``ProviderFailure(invalid_response)`` on anything that is not clean base64,
-    instead of silently decoding a prefix as the old regex did.
+    Raises ``ProviderFailure(invalid_response)`` (its message headed by ``label``, the
+    provider) on anything that is not clean base64, instead of silently decoding a prefix as
+    the old regex did.
     """
     try:
         # Fast path for what upstreams send, canonical base64 with nothing to clean: one C pass.
@@ -411,7 +413,8 @@ def decode_base64(value: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ProviderFailure("invalid_response", "image data is not valid base64") from None
+        head = f"{label}: " if label else ""
+        raise ProviderFailure("invalid_response", f"{head}image data is not valid base64") from None
 
 
 # ---- downloads -----------------------------------------------------------------------------
@@ -436,7 +439,8 @@ async def download(
     only while the URL stays on ``url``'s origin: a redirect to another host never gets them.
     Returns ``(bytes, final_url)``. Failures are typed: ``network`` (unreachable, a name
     that does not resolve), ``timeout``, ``invalid_response`` (too large, bad scheme, a
-    private address).
+    private address), named after ``label`` (the guard's and the transport's refusals through
+    :func:`._errors.failure_for`).
     """
     if not (isinstance(http, DownloadClient) and http.guarded) and not net.allow_private_downloads:
         # Only the download client checks addresses; a caller mypy does not see (the bridge) could pass another.
@@ -476,14 +480,12 @@ async def download(
                             "invalid_response", f"{label}: {int(declared)} bytes exceeds the {limit}-byte cap"
                         )
                     # One buffer, decoded bytes counted (the transport inflates gzip in bounded steps).
-                    return await read_body(resp, limit, label=label), current
+                    return await read_body(resp, limit), current
             except httpx.InvalidURL:
                 raise ProviderFailure("invalid_response", f"{label}: not a valid URL") from None
-            except ProviderFailure as exc:
-                if exc.message.startswith(f"{label}:"):
-                    raise
-                # The guard's refusals and the transport's cap, named after this download.
-                raise ProviderFailure(exc.reason, f"{label}: {exc.message}", status=exc.status) from None
+            except (UpstreamResponseError, AddressRefused, HostUnresolved) as exc:
+                # The guard's refusals and the transport's caps, named after this download.
+                raise failure_for(exc, label=label) from None
         raise ProviderFailure("invalid_response", f"{label}: too many redirects")
 
 

@@ -173,10 +173,7 @@ async def image_from_response(ctx: AttemptContext, caller: Caller, body: Any) ->
 
 def decode_image(caller: Caller, value: str) -> bytes:
     """Strict base64 (or data URL) decoding, with the failure naming the provider."""
-    try:
-        return decode_base64(value)
-    except ProviderFailure as exc:
-        raise ProviderFailure(exc.reason, f"{caller.label}: {exc.message}") from None
+    return decode_base64(value, label=caller.label)
 
 
 class _LeanItem(msgspec.Struct):
