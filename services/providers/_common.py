@@ -294,22 +294,24 @@ class Cooldown:
     """Parks an operation after a 404 for ``seconds``; a blocked call does not renew the wait.
 
     (The old plugin's blocked-call error text contained "404" and so re-armed itself forever.)
+    ``clock`` is the monotonic clock it reads (a test passes its own).
     """
 
-    def __init__(self, seconds: float = 600.0) -> None:
+    def __init__(self, seconds: float = 600.0, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
+        self.clock = clock
         self._until: dict[str, float] = {}
 
     def check(self, label: str, operation: str) -> None:
         until = self._until.get(operation, 0.0)
-        left = until - time.monotonic()
+        left = until - self.clock()
         if left > 0:
             raise ProviderFailure(
                 "unsupported", f"{label} {operation} is parked for {left:.0f}s after a 404 (endpoint not available)"
             )
 
     def park(self, operation: str) -> None:
-        self._until[operation] = time.monotonic() + self.seconds
+        self._until[operation] = self.clock() + self.seconds
 
     def clear(self, operation: str) -> None:
         self._until.pop(operation, None)
