@@ -217,7 +217,7 @@ class ReferenceStore:
         """Forget ``bot_id``'s references; returns how many there were."""
         count = len(await self.refs(bot_id))
         kv = await self.bus.kv()
-        with contextlib.suppress(KeyNotFoundError, NotFoundError):
+        with contextlib.suppress(KeyNotFoundError, NotFoundError):  # none set: nothing to forget
             await kv.delete(self._key(bot_id))
         return count
 

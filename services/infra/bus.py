@@ -11,7 +11,6 @@ Layout (names from :class:`messages.Names`):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import ssl
 from collections.abc import Mapping
@@ -225,10 +224,16 @@ class Bus:
     _kv: KeyValue | None = field(default=None, repr=False)
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.nc.drain()
-        with contextlib.suppress(Exception):
-            await self.nc.close()
+        """Drain the connection (pending writes flushed, subscriptions ended), then close it.
+
+        Closing runs on every way out, failures included, so it never raises over the caller's
+        own exit: a connection that is already closed, draining or broken is logged and left.
+        """
+        for step, call in (("drain", self.nc.drain), ("close", self.nc.close)):
+            try:
+                await call()
+            except Exception as exc:  # nats-py raises its own errors, OSError or TimeoutError here
+                log.info("nats_close_step_failed", step=step, error=f"{type(exc).__name__}: {exc}")
 
     # ---- layout -------------------------------------------------------------
 
@@ -584,8 +589,11 @@ async def connect(config: Config, url: str | None = None, *, credentials: Creden
         with anyio.fail_after(10.0 + 5.0 * len(opts["servers"])):
             await nc.connect(**opts, connect_timeout=5, error_cb=on_error)
     except Exception as exc:  # nats-py raises several unrelated types here
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await nc.close()
+        with anyio.CancelScope(shield=True):
+            try:
+                await nc.close()
+            except Exception as close_exc:  # the connect failed already; that is the error raised below
+                log.debug("nats_close_after_failed_connect", error=f"{type(close_exc).__name__}: {close_exc}")
         why = seen[-1] if seen else f"{type(exc).__name__}: {exc}"
         raise BusError(f"cannot connect to NATS: {why}") from None
     nc.options["max_reconnect_attempts"] = -1
