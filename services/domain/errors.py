@@ -56,7 +56,11 @@ __all__ = (
 
 
 class AiimgError(Exception):
-    """Root of every error aiimg raises on purpose."""
+    """Root of every error aiimg raises on purpose. ``message`` says what happened, for people."""
+
+    def __init__(self, message: str = "", *args: object) -> None:
+        super().__init__(message, *args)
+        self.message = message
 
 
 class ConfigError(AiimgError):
@@ -92,17 +96,12 @@ class MediaError(AiimgError):
     """
 
     def __init__(self, kind: MediaKind, message: str) -> None:
-        self.kind: MediaKind = kind
-        self.message = message
         super().__init__(message)
+        self.kind: MediaKind = kind
 
 
 class UpstreamResponseError(AiimgError):
     """Raised by the HTTP transport for an answer it will not hand on (``infra.http``)."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
 
 
 class ResponseTooLarge(UpstreamResponseError):
@@ -116,17 +115,9 @@ class BadEncoding(UpstreamResponseError):
 class AddressRefused(AiimgError):
     """Raised by the download guard for a private address or a local name, before connecting."""
 
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
-
 
 class HostUnresolved(AiimgError):
     """Raised by the download guard when a host name does not resolve: nothing is fetched."""
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-        super().__init__(message)
 
 
 class SelfieError(AiimgError):
@@ -136,16 +127,16 @@ class SelfieError(AiimgError):
     """
 
     def __init__(self, code: Literal["disabled", "no_references"], message: str) -> None:
-        self.code = code
         super().__init__(message)
+        self.code = code
 
 
 class JobError(AiimgError):
     """Raised by clients when a job ends failed or cancelled; ``event`` is the terminal event."""
 
     def __init__(self, event: JobFailed | JobCancelled | JobRejected) -> None:
-        self.event = event
         super().__init__(_describe(event))
+        self.event = event
 
 
 class ProviderFailure(AiimgError):
@@ -162,11 +153,11 @@ class ProviderFailure(AiimgError):
         status: int = 0,
         retry_after: float = 0.0,
     ) -> None:
-        self.reason: Reason = reason
+        super().__init__(f"{reason}: {message}")
         self.message = message
+        self.reason: Reason = reason
         self.status = status
         self.retry_after = retry_after
-        super().__init__(f"{reason}: {message}")
 
 
 def _describe(event: JobFailed | JobCancelled | JobRejected) -> str:

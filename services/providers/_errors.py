@@ -29,6 +29,7 @@ import httpx
 from ...messages import Reason
 from ..domain.errors import (
     AddressRefused,
+    AiimgError,
     BlobError,
     HostUnresolved,
     MediaError,
@@ -103,7 +104,7 @@ def failure_for(exc: BaseException, *, label: str = "", request: bool = False) -
 
 
 def _text(exc: BaseException) -> str:
-    return str(getattr(exc, "message", "") or exc)
+    return exc.message if isinstance(exc, AiimgError) and exc.message else str(exc)
 
 
 def _labelled(label: str, message: str) -> str:
