@@ -35,17 +35,13 @@ from ..infra.http import DownloadClient, download_client, upstream_client
 from ..infra.logging import REDACTOR, redact
 from ..infra.media import MediaInfo, check_image, check_media
 from ..infra.retry import Backoff, retrying
-from ..providers._errors import failure_for
+from ..providers._errors import MAX_RETRY_AFTER, failure_for
 from ..providers.base import AttemptContext, InputImage, Provider
 from .runtime import Heartbeats, PullConsumer, describe
 
 __all__ = ("MAX_RETRY_AFTER", "STORE_RETRY", "ProviderActor")
 
 log = structlog.get_logger("aiimg.provider")
-
-MAX_RETRY_AFTER = 86_400.0
-"""An upstream's retry hint is capped at a day (``inf`` included): far past ``policy.max_retry_after``,
-so the router moves to the next provider at once."""
 
 STORE_RETRY = Backoff(0.25, tries=5)
 """Storing a result while the blob store does not answer (a leader election): five tries,
