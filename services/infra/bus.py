@@ -72,9 +72,6 @@ log = structlog.get_logger("aiimg.bus")
 INITIAL_CONNECT_ATTEMPTS = 2
 """Retries per server before the first connection fails (later reconnects never give up)."""
 
-LAYOUT_RETRY = Backoff(1.0, factor=1.0, within=30.0)
-"""Waiting for the JetStream layout (:meth:`Bus.ensure_layout`): a look every second for 30 s."""
-
 CONSUMER_MAX_ACK_PENDING = 100_000
 CONSUMER_MAX_WAITING = 512
 """Pull requests a consumer holds open at once (the server's default, set explicitly so a
@@ -237,7 +234,7 @@ class Bus:
 
     # ---- layout -------------------------------------------------------------
 
-    async def ensure_layout(self, *, retry: Backoff = LAYOUT_RETRY) -> None:
+    async def ensure_layout(self, *, wait: float = 30.0, every: float = 1.0) -> None:
         """Create or update the stream, consumers and buckets. Safe to call from every process.
 
         Reads first and writes only what is missing or changed, so an actor whose NATS
@@ -245,8 +242,8 @@ class Bus:
         starts as soon as the layout exists. Creation is checked by reading the layout
         back: on a JetStream cluster a create can fail transiently (no meta leader yet, a
         peer restarting), and such a failure used to be swallowed, leaving a process
-        running without its blob bucket. Retries as ``retry`` says (:data:`LAYOUT_RETRY`: for
-        30 s), then raises :class:`BusError` saying what is missing.
+        running without its blob bucket. Looks again ``every`` second for up to ``wait`` seconds,
+        then raises :class:`BusError` saying what is missing.
         """
 
         async def once() -> None:
@@ -268,7 +265,7 @@ class Bus:
             log.info("layout_not_ready", missing=str(exc), retry_in=wait)
 
         try:
-            await retrying(once, retry, retry_on=_LayoutMissing, on_retry=again)
+            await retrying(once, Backoff(every, factor=1.0, within=wait), retry_on=_LayoutMissing, on_retry=again)
         except _LayoutMissing as exc:
             raise BusError(
                 f"JetStream layout not ready: {exc}. Is JetStream enabled? With per-actor "
