@@ -23,7 +23,7 @@ from ..messages import JobRequested, Operation
 from ..services.app.client import Client
 from ..services.app.selfie import ReferenceStore
 from ..services.app.stack import Stack, open_bus, running
-from ..services.domain.config import Config
+from ..services.config import Config
 from ..services.domain.errors import AiimgError, EmbeddedServerError
 from ..services.domain.routing import plan_chain
 from ..services.infra.bus import Bus

@@ -11,18 +11,16 @@ checks the committed file is current.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import msgspec.inspect as mi
 
-from ..services.domain.config import CAPABILITIES, Config
+from ..services.config import Config
+from ..services.domain.config import ConfigBase
 
 __all__ = ("ADVANCED", "build_schema", "render_json")
-
-_DRAW = [a for a, ops in CAPABILITIES.items() if "draw" in ops]
-_EDIT = [a for a, ops in CAPABILITIES.items() if "edit" in ops]
-_VIDEO = [a for a, ops in CAPABILITIES.items() if "video" in ops]
 
 ADVANCED = frozenset({"retention", "policy", "actors", "network", "limits", "log", "data_dir", "max_cached_images"})
 """Top-level keys shown folded ("more settings"): defaults suit almost everyone."""
@@ -105,18 +103,33 @@ _PATH: dict[str, tuple[str, str]] = {
     "max_user_concurrency": ("每用户并发上限", "同一用户同时进行的图片任务数；0 表示不限"),
 }
 
-_OPTIONS: dict[str, list[str]] = {
-    "draw.provider": _DRAW,
-    "draw.fallback_1": ["", *_DRAW],
-    "draw.fallback_2": ["", *_DRAW],
-    "draw.fallback_3": ["", *_DRAW],
-    "edit.provider": _EDIT,
-    "edit.fallback_1": ["", *_EDIT],
-    "edit.fallback_2": ["", *_EDIT],
-    "edit.fallback_3": ["", *_EDIT],
-    "selfie.prefer_provider": ["auto", *_EDIT],
-    "video.provider": _VIDEO,
-}
+
+@dataclass(frozen=True, slots=True)
+class _Page:
+    """What the settings page needs from the provider catalog: the aliases and the provider menus."""
+
+    aliases: frozenset[str]
+    options: dict[str, list[str]]
+
+    @classmethod
+    def of(cls, config_type: type[ConfigBase]) -> _Page:
+        """Each menu lists every alias that can do the section's operation, in menu order."""
+        caps = config_type.capabilities
+        draw, edit, video = ([a for a, ops in caps.items() if op in ops] for op in ("draw", "edit", "video"))
+        options = {
+            "draw.provider": draw,
+            "draw.fallback_1": ["", *draw],
+            "draw.fallback_2": ["", *draw],
+            "draw.fallback_3": ["", *draw],
+            "edit.provider": edit,
+            "edit.fallback_1": ["", *edit],
+            "edit.fallback_2": ["", *edit],
+            "edit.fallback_3": ["", *edit],
+            "selfie.prefer_provider": ["auto", *edit],
+            "video.provider": video,
+        }
+        return cls(frozenset(caps), options)
+
 
 _TEXT = frozenset({"selfie.prompt_prefix", "edit.negative_prompt", "draw.gitee.negative_prompt"})
 _INVISIBLE = frozenset({"draw.fallback_providers", "edit.fallback_providers"})
@@ -127,14 +140,14 @@ def _describe(path: str, key: str) -> tuple[str, str]:
     return _PATH.get(path) or _LEAF.get(key) or (key, "")
 
 
-def _item(path: str, key: str, t: Any, default: Any) -> dict[str, Any]:
+def _item(path: str, key: str, t: Any, default: Any, page: _Page) -> dict[str, Any]:
     description, hint = _describe(path, key)
     item: dict[str, Any] = {"description": description}
     if hint:
         item["hint"] = hint
     if isinstance(t, mi.StructType):
         item["type"] = "object"
-        item["items"] = _items(path, t, default)
+        item["items"] = _items(path, t, default, page)
         return item
     if isinstance(t, mi.BoolType):
         item["type"] = "bool"
@@ -160,21 +173,21 @@ def _item(path: str, key: str, t: Any, default: Any) -> dict[str, Any]:
     else:  # a new field type the settings page cannot show: fail the build, not the user
         raise TypeError(f"{path}: no AstrBot settings type for {t!r}")
     item["default"] = default
-    if path in _OPTIONS:
-        item["options"] = _OPTIONS[path]
+    if path in page.options:
+        item["options"] = page.options[path]
     if path in _INVISIBLE:
         item["invisible"] = True
     return item
 
 
-def _items(prefix: str, t: mi.StructType, defaults: dict[str, Any]) -> dict[str, Any]:
+def _items(prefix: str, t: mi.StructType, defaults: dict[str, Any], page: _Page) -> dict[str, Any]:
     out: dict[str, Any] = {}
     section = prefix.split(".")[0] if prefix else ""
     for field in t.fields:
         path = f"{prefix}.{field.name}" if prefix else field.name
-        item = _item(path, field.name, field.type, defaults[field.name])
+        item = _item(path, field.name, field.type, defaults[field.name], page)
         # draw.<alias> / edit.<alias>: only while that alias is the selected provider.
-        if section in ("draw", "edit") and prefix == section and field.name in CAPABILITIES:
+        if section in ("draw", "edit") and prefix == section and field.name in page.aliases:
             item["condition"] = {"provider": field.name}
         if not prefix and field.name in ADVANCED:
             item["collapsed"] = True
@@ -182,12 +195,13 @@ def _items(prefix: str, t: mi.StructType, defaults: dict[str, Any]) -> dict[str,
     return out
 
 
-def build_schema() -> dict[str, Any]:
-    """The AstrBot settings schema of the whole :class:`Config` tree, defaults included."""
-    info = mi.type_info(Config)
+def build_schema(config_type: type[ConfigBase] = Config) -> dict[str, Any]:
+    """The AstrBot settings schema of the whole config tree (``Config``: every provider's
+    block), defaults included."""
+    info = mi.type_info(config_type)
     assert isinstance(info, mi.StructType)
-    defaults = msgspec.to_builtins(Config())
-    return _items("", info, defaults)
+    defaults = msgspec.to_builtins(config_type())
+    return _items("", info, defaults, _Page.of(config_type))
 
 
 def render_json() -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..services.domain.config import Config, config_from_dict
+from ..services.config import Config, config_from_dict
 
 __all__ = ("PLUGIN_NAME", "load_settings")
 

@@ -19,7 +19,7 @@ import httpx
 
 from aiimg.services.actors.provider import ProviderActor
 from aiimg.services.app.stack import Stack
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.infra.bus import connect
 from aiimg.services.infra.logging import configure_logging
 from aiimg.services.providers.base import Provider

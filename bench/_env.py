@@ -24,7 +24,7 @@ from typing import Any
 import anyio
 import httpx
 
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.infra.bus import Bus, connect
 from aiimg.services.infra.embedded import EmbeddedServer
 

@@ -31,7 +31,7 @@ from aiimg.messages import (
     JobRequested,
 )
 from aiimg.services.app.client import Client
-from aiimg.services.domain.config import Config
+from aiimg.services.config import Config
 from aiimg.services.infra.blobs import BlobStore
 from aiimg.services.infra.bus import Bus
 from aiimg.services.infra.http import upstream_client

@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import httpx
 
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.infra.http import upstream_client
 from aiimg.services.providers._common import b64decode_strict
 from aiimg.services.providers._images_api import _LEAN as LEAN_REPLY

@@ -48,7 +48,7 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 
 sys.path.insert(0, str(ROOT))
 from aiimg.messages import Names  # noqa: E402
-from aiimg.services.domain.config import CAPABILITIES  # noqa: E402
+from aiimg.services.config import CAPABILITIES  # noqa: E402
 
 PROVIDERS: tuple[str, ...] = tuple(sorted(CAPABILITIES))
 """Every provider alias aiimg knows (one user each)."""

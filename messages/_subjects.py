@@ -131,6 +131,20 @@ class Names:
             return ParsedSubject(job_id, kind, "")
         raise ValueError(f"not a job subject: {subj!r}")
 
+    # ---- JetStream API subjects of the job stream ---------------------------------------
+
+    def consumer_next_subject(self, durable: str) -> str:
+        """Where a pull request for durable consumer ``durable`` goes."""
+        return f"$JS.API.CONSUMER.MSG.NEXT.{self.jobs_stream}.{durable}"
+
+    def consumer_info_subject(self, name: str) -> str:
+        return f"$JS.API.CONSUMER.INFO.{self.jobs_stream}.{name}"
+
+    @staticmethod
+    def direct_get_subject(stream: str, subject: str = "") -> str:
+        """A direct get on ``stream``: by request body, or the last message on ``subject``."""
+        return f"$JS.API.DIRECT.GET.{stream}" + (f".{subject}" if subject else "")
+
     def job_id_of(self, subj: str) -> str:
         """The job id token of a job subject (``<prefix>.job.<id>.…``)."""
         return self.parse(subj).job_id

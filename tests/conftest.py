@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.infra.bus import Bus, connect
 from aiimg.services.infra.embedded import EmbeddedServer, find_nats_server
 from aiimg.services.infra.http import DownloadClient, download_client

@@ -13,7 +13,7 @@ import anyio
 from PIL import Image
 
 from aiimg.messages import Reason
-from aiimg.services.domain.config import Config
+from aiimg.services.config import Config
 from aiimg.services.domain.errors import ProviderFailure
 from aiimg.services.providers.base import AttemptContext, Output, Provider
 

@@ -9,7 +9,7 @@ import pytest
 
 from aiimg.astrbot_bridge.commands import find_command, parse
 from aiimg.messages import JobRequested
-from aiimg.services.domain.config import config_from_dict
+from aiimg.services.config import config_from_dict
 from aiimg.services.domain.routing import plan_chain
 
 PRESETS = {"手办化": "Figure style"}

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.domain.errors import ProviderFailure
 from aiimg.services.infra.http import download_client, upstream_client
 from aiimg.services.providers._chat import Ref, image_refs, is_placeholder

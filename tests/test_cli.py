@@ -113,5 +113,8 @@ def test_client_commands_use_a_running_embedded_serve(tmp_path: Path) -> None:
             assert img.size == (300, 200)
     finally:
         serve.terminate()
-        assert serve.wait(timeout=30) == 0
+        code = serve.wait(timeout=30)
+        assert serve.stderr is not None
+        serve.stderr.close()
+    assert code == 0
     assert not announced.exists()

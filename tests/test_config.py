@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from aiimg.services.domain.config import Config, config_from_dict, load_config, secret_values
+from aiimg.services.config import Config, config_from_dict, load_config, secret_values
 from aiimg.services.domain.errors import ConfigError
 
 

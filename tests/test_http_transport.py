@@ -15,7 +15,7 @@ import anyio
 import httpx
 import pytest
 
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.domain.errors import UpstreamResponseError
 from aiimg.services.infra.http import (
     AiohttpTransport,

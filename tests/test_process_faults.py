@@ -12,7 +12,7 @@ import pytest
 from aiimg.messages import AttemptDispatched, AttemptSucceeded, JobCompleted
 from aiimg.services.app.client import Client
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import load_config
+from aiimg.services.config import load_config
 from aiimg.services.infra.bus import Bus, connect
 from aiimg.services.providers.local import LocalProvider
 

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from aiimg.messages import Operation
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.domain.errors import ProviderFailure
 from aiimg.services.providers.base import InputImage
 from aiimg.services.providers.gemini_native import GeminiNativeProvider, image_config

@@ -13,7 +13,7 @@ from aiimg.messages import AttemptDispatched, AttemptSucceeded, JobCompleted, Op
 from aiimg.services.app.cli import format_trace
 from aiimg.services.app.client import Client
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.domain.errors import ProviderFailure
 from aiimg.services.infra.bus import connect
 from aiimg.services.providers.base import InputImage

@@ -20,7 +20,7 @@ from aiimg.services.app import cli
 from aiimg.services.app.cli import format_trace
 from aiimg.services.app.client import Client
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import Config, config_from_dict, load_config
+from aiimg.services.config import Config, config_from_dict, load_config
 from aiimg.services.domain.errors import ProviderFailure
 from aiimg.services.infra.bus import Bus, connect
 from aiimg.services.infra.http import DownloadClient

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.domain.errors import ProviderFailure
 from aiimg.services.providers.base import InputImage
 from aiimg.services.providers.jimeng import JimengProvider, parse_cookie, pick_ratio

@@ -13,7 +13,7 @@ from aiimg.messages import (
     JobFailed,
     JobRequested,
 )
-from aiimg.services.domain.config import config_from_dict
+from aiimg.services.config import config_from_dict
 from aiimg.services.domain.routing import decide, plan_chain
 from aiimg.services.domain.state import fold
 

@@ -7,7 +7,6 @@ upstream module in ``services/providers/``.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -15,7 +14,6 @@ import time
 import anyio
 import httpx
 import structlog
-from nats.aio.msg import Msg
 from structlog.contextvars import bound_contextvars
 
 from ...messages import (
@@ -23,21 +21,20 @@ from ...messages import (
     AttemptFailed,
     AttemptSucceeded,
     BlobRef,
-    DecodeError,
-    decode_event,
-    placed,
+    JobEvent,
+    ParsedSubject,
 )
 from ..domain.errors import BlobError, BusError, MediaError, ProviderFailure
 from ..domain.settings import ProviderSettings
-from ..infra.blobs import BlobStore
-from ..infra.bus import Bus
+from ..infra.delivery import Delivery
 from ..infra.http import DownloadClient, download_client, upstream_client
 from ..infra.logging import REDACTOR, redact
 from ..infra.media import MediaInfo, check_image, check_media
 from ..infra.retry import Backoff, retrying
 from ..providers._errors import MAX_RETRY_AFTER, failure_for
 from ..providers.base import AttemptContext, InputImage, Provider
-from .runtime import Heartbeats, PullConsumer, describe
+from .ports import JobBus
+from .runtime import Heartbeats, Inbound, decoding
 
 __all__ = ("MAX_RETRY_AFTER", "STORE_RETRY", "ProviderActor")
 
@@ -53,7 +50,7 @@ class ProviderActor:
 
     def __init__(
         self,
-        bus: Bus,
+        bus: JobBus,
         provider: Provider,
         *,
         concurrency: int | None = None,
@@ -68,14 +65,17 @@ class ProviderActor:
         cfg = bus.config
         self.concurrency = concurrency or cfg.actors.concurrency_per_provider.get(self.alias, cfg.actors.concurrency)
         # Results go to the shared results bucket, which this role may write but not purge.
-        self.blobs = BlobStore(bus, purge=False)
+        self.blobs = bus.blob_store(purge=False)
         self._own_http = http is None
         self.http = http or upstream_client(cfg, self.concurrency)
         # A second client for URLs upstreams name: its connector checks every address it connects to.
         self._own_downloads = downloads is None
         self.downloads = downloads or download_client(cfg, self.concurrency)
-        self.consumer = PullConsumer(
-            bus, bus.names.provider_consumer(self.alias), self.handle, concurrency=self.concurrency, name=self.alias
+        self.consumer = bus.consumer(
+            bus.names.provider_consumer(self.alias),
+            decoding(bus.names, self.handle, accept=self._accept),
+            concurrency=self.concurrency,
+            name=self.alias,
         )
         self._running: dict[str, set[anyio.CancelScope]] = {}
         # Three heartbeats per ack_wait whatever its size (a 1 s floor used to equal a 1 s ack_wait).
@@ -87,7 +87,7 @@ class ProviderActor:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         # Terminal events of any job: a running attempt of a job that ended (cancelled,
         # or finished elsewhere) is stopped at once instead of holding an upstream slot.
-        done_sub = await self.bus.nc.subscribe(self.bus.names.subject("done"), cb=self._on_done)
+        done_sub = await self.bus.on_done(self._on_done)
         log.info("provider_started", provider=self.alias, concurrency=self.concurrency)
         try:
             async with anyio.create_task_group() as tg:
@@ -95,8 +95,7 @@ class ProviderActor:
                 await self.consumer.run(task_status=task_status)
                 tg.cancel_scope.cancel()
         finally:
-            with contextlib.suppress(Exception):
-                await done_sub.unsubscribe()
+            await done_sub.close()
             await self.provider.aclose()
             if self._own_http:
                 await self.http.aclose()
@@ -106,42 +105,28 @@ class ProviderActor:
     async def stop(self) -> None:
         await self.consumer.stop()
 
-    async def handle(self, msg: Msg) -> None:
-        try:
-            event = decode_event(msg.data)
-        except DecodeError as exc:
-            log.warning("rejected_message", provider=self.alias, reason=str(exc), **describe(msg))
-            await msg.term()
-            return
-        try:
-            where = self.bus.names.parse(msg.subject)
-        except ValueError:
-            where = None
-        if (
-            where is None
-            or not placed(where, event)
-            or not isinstance(event, AttemptDispatched)
-            or event.provider != self.alias
-        ):
-            log.warning(
-                "rejected_message", provider=self.alias, reason="not a dispatch for this provider", **describe(msg)
-            )
-            await msg.term()
-            return
-        with bound_contextvars(job_id=event.job_id, attempt=event.attempt, provider=self.alias):
-            await self._attempt(msg, event)
+    def _accept(self, where: ParsedSubject, event: JobEvent) -> str | None:
+        if not isinstance(event, AttemptDispatched) or event.provider != self.alias:
+            return "not a dispatch for this provider"
+        return None
 
-    async def _attempt(self, msg: Msg, d: AttemptDispatched) -> None:
+    async def handle(self, inbound: Inbound) -> None:
+        d = inbound.event
+        assert isinstance(d, AttemptDispatched)  # see _accept
+        with bound_contextvars(attempt=d.attempt, provider=self.alias):
+            await self._attempt(inbound.delivery, d)
+
+    async def _attempt(self, msg: Delivery, d: AttemptDispatched) -> None:
         now = time.time()
         if d.not_before > now + 0.01:
-            await msg.nak(delay=d.not_before - now)
+            await msg.nak(d.not_before - now)
             return
         if now >= d.deadline:
             log.info("attempt_stale", reason="past its deadline; the router counts it as a timeout")
             await msg.ack()
             return
-        if msg.metadata.num_delivered > 1 and not await self._still_open(d):
-            log.info("attempt_already_finished", delivered=msg.metadata.num_delivered)
+        if msg.delivered > 1 and not await self._still_open(d):
+            log.info("attempt_already_finished", delivered=msg.delivered)
             await msg.ack()
             return
         block = self.bus.config.block(d.op, self.alias)
@@ -172,11 +157,7 @@ class ProviderActor:
             return
         await self._finish(msg, result)
 
-    async def _on_done(self, msg: Msg) -> None:
-        try:
-            job_id = self.bus.names.parse(msg.subject).job_id
-        except ValueError:
-            return
+    async def _on_done(self, job_id: str) -> None:
         for scope in self._running.get(job_id, ()):
             scope.cancel()
 
@@ -320,7 +301,7 @@ class ProviderActor:
             elapsed_ms=elapsed,
         )
 
-    async def _finish(self, msg: Msg, event: AttemptSucceeded | AttemptFailed) -> None:
+    async def _finish(self, msg: Delivery, event: AttemptSucceeded | AttemptFailed) -> None:
         await self.bus.publish(event)
         await msg.ack()
 

@@ -24,7 +24,7 @@ from ...messages import (
     JobRequested,
     Operation,
 )
-from ..domain.config import Config, load_config
+from ..config import Config, load_config
 from ..domain.errors import AiimgError, JobError
 from ..infra.logging import configure_logging, redact
 from .client import Client

@@ -29,7 +29,7 @@ import structlog
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from ...messages import BlobRef
-from ..domain.config import Config
+from ..config import Config
 from ..domain.errors import BlobError, MediaError, SelfieError
 from ..infra.blobs import BlobStore
 from ..infra.bus import Bus

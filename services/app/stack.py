@@ -17,9 +17,10 @@ from typing import Protocol
 import anyio
 import structlog
 
+from ..actors.ports import JobBus
 from ..actors.provider import ProviderActor
 from ..actors.router import Router
-from ..domain.config import Config, secret_values
+from ..config import Config, secret_values
 from ..infra.bus import Bus, connect
 from ..infra.embedded import Credentials, EmbeddedServer, write_private
 from ..infra.logging import REDACTOR, ensure_logging
@@ -112,7 +113,7 @@ async def open_bus(config: Config, *, announce: bool = False) -> AsyncIterator[B
 class Stack:
     """Router and/or provider actors on one bus, in one task group."""
 
-    def __init__(self, bus: Bus, *, router: bool = True, providers: Sequence[Provider] | None = None) -> None:
+    def __init__(self, bus: JobBus, *, router: bool = True, providers: Sequence[Provider] | None = None) -> None:
         self.bus = bus
         self.actors: list[_Actor] = []
         if router:
@@ -125,7 +126,7 @@ class Stack:
         self.actors.extend(self.providers)
 
     @classmethod
-    def from_only(cls, bus: Bus, only: Sequence[str] | None) -> Stack:
+    def from_only(cls, bus: JobBus, only: Sequence[str] | None) -> Stack:
         """``--only router,local``: the router if named (or nothing named), and the named providers."""
         if not only:
             return cls(bus)

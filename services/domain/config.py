@@ -1,71 +1,59 @@
-"""The one typed configuration model, in the old plugin's v3 key tree.
+"""The configuration model's provider-independent part, and its lookups.
 
-Loads from TOML (``--config``, ``AIIMG_CONFIG``, ``./aiimg.toml``) or from a plain dict
-(the AstrBot plugin's settings). Any string value written ``env:NAME`` is read from the
-environment, so secrets need not live in files. An unknown key or a wrong type fails
-at start with a :class:`~services.errors.ConfigError` that names the key.
+:class:`ConfigBase` is the old plugin's v3 key tree (``draw.*``, ``edit.*``, ``selfie.*``,
+``video.*``) plus ``nats.*``, ``retention.*``, ``policy.*``, ``actors.*``, ``network.*``,
+``limits.*``, ``log.*``, with the lookups every layer uses (:meth:`ConfigBase.block`,
+:meth:`ConfigBase.can_serve`, …) and the class-level table of what each provider can do
+(:attr:`ConfigBase.capabilities`, empty here). The loadable ``Config`` — one typed block per
+provider under ``draw.<alias>`` / ``edit.<alias>``, the video provider's ``video`` block and
+the capabilities filled in — is a subclass built from the provider catalog
+(``services.providers.catalog``); it is loaded by ``services.config``. Code below the
+providers layer takes a :class:`ConfigBase` and reads ``config.capabilities``.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
-from urllib.parse import unquote
+from types import MappingProxyType
+from typing import Annotated, ClassVar, Literal, TypeAlias
 
 import msgspec
 
 from ...messages import Operation, Reason
-from .errors import ConfigError
-from .settings import (
-    ArkSettings,
-    Block,
-    GeminiNativeSettings,
-    GeminiOpenAISettings,
-    GiteeAsyncSettings,
-    GiteeSettings,
-    GrokSettings,
-    JimengSettings,
-    LocalSettings,
-    OpenAICompatSettings,
-    ProviderSettings,
-    VideoSettings,
-)
+from .settings import Block, ProviderSettings, VideoSection
 
 __all__ = (
-    "CAPABILITIES",
-    "Config",
-    "config_from_dict",
-    "load_config",
-    "secret_values",
+    "ActorsConfig",
+    "Capabilities",
+    "ConfigBase",
+    "DrawSection",
+    "EditFallbackPolicy",
+    "EditSection",
+    "LimitsConfig",
+    "LogConfig",
+    "NatsConfig",
+    "NetworkConfig",
+    "PolicyConfig",
+    "RetentionConfig",
+    "Section",
+    "SelfieConfig",
+    "ShortNames",
 )
 
-CAPABILITIES: dict[str, frozenset[Operation]] = {
-    "local": frozenset({"draw", "edit", "selfie"}),
-    "grok": frozenset({"draw", "edit", "selfie"}),
-    "gemini_native": frozenset({"draw", "edit", "selfie"}),
-    "gemini_openai": frozenset({"draw", "edit", "selfie"}),
-    "openai_compat": frozenset({"draw", "edit", "selfie"}),
-    "ark": frozenset({"draw", "edit", "selfie"}),
-    "jimeng": frozenset({"draw", "edit", "selfie"}),
-    "gitee": frozenset({"draw"}),
-    "gitee_async": frozenset({"edit", "selfie"}),
-    "grok_video": frozenset({"video"}),
-}
-"""Which operations each provider alias can serve at all (config may narrow it further)."""
+Capabilities: TypeAlias = Mapping[str, frozenset[Operation]]
+"""Provider alias → the operations it can serve at all (config may narrow it further)."""
 
-ALIASES: dict[str, dict[str, str]] = {
-    "draw": {"gemini": "gemini_native", "openai": "openai_compat"},
-    "edit": {"gemini": "gemini_native", "gitee": "gitee_async", "openai": "openai_compat"},
-}
-"""Short names users type (``/gedit``, ``backend="gemini"``), per operation."""
+ShortNames: TypeAlias = Mapping[str, Mapping[str, str]]
+"""``"draw"`` / ``"edit"`` → short name users type (``/gedit``, ``backend="gemini"``) → provider alias."""
 
 
-class _Fallbacks(Block, kw_only=True):
+class Section(Block, kw_only=True):
+    """``draw`` / ``edit``: the primary provider and its fallbacks (the provider blocks are added
+    per provider by the catalog)."""
+
     provider: str = "local"
     fallback_1: str = ""
     fallback_2: str = ""
@@ -77,15 +65,8 @@ class _Fallbacks(Block, kw_only=True):
         return [self.fallback_1, self.fallback_2, self.fallback_3, *self.fallback_providers]
 
 
-class DrawConfig(_Fallbacks, kw_only=True):
-    grok: GrokSettings = msgspec.field(default_factory=GrokSettings)
-    gemini_native: GeminiNativeSettings = msgspec.field(default_factory=GeminiNativeSettings)
-    gemini_openai: GeminiOpenAISettings = msgspec.field(default_factory=GeminiOpenAISettings)
-    openai_compat: OpenAICompatSettings = msgspec.field(default_factory=OpenAICompatSettings)
-    jimeng: JimengSettings = msgspec.field(default_factory=JimengSettings)
-    gitee: GiteeSettings = msgspec.field(default_factory=GiteeSettings)
-    ark: ArkSettings = msgspec.field(default_factory=ArkSettings)
-    local: LocalSettings = msgspec.field(default_factory=LocalSettings)
+class DrawSection(Section, kw_only=True):
+    """``draw.*`` without its provider blocks."""
 
 
 class EditFallbackPolicy(Block, kw_only=True):
@@ -94,17 +75,11 @@ class EditFallbackPolicy(Block, kw_only=True):
     retry_delay: float = 2.0
 
 
-class EditConfig(_Fallbacks, kw_only=True):
+class EditSection(Section, kw_only=True):
+    """``edit.*`` without its provider blocks."""
+
     fallback: EditFallbackPolicy = msgspec.field(default_factory=EditFallbackPolicy)
     presets: list[str] = msgspec.field(default_factory=list)
-    grok: GrokSettings = msgspec.field(default_factory=GrokSettings)
-    gemini_native: GeminiNativeSettings = msgspec.field(default_factory=GeminiNativeSettings)
-    gemini_openai: GeminiOpenAISettings = msgspec.field(default_factory=GeminiOpenAISettings)
-    openai_compat: OpenAICompatSettings = msgspec.field(default_factory=OpenAICompatSettings)
-    jimeng: JimengSettings = msgspec.field(default_factory=JimengSettings)
-    gitee_async: GiteeAsyncSettings = msgspec.field(default_factory=GiteeAsyncSettings)
-    ark: ArkSettings = msgspec.field(default_factory=ArkSettings)
-    local: LocalSettings = msgspec.field(default_factory=LocalSettings)
 
 
 class SelfieConfig(Block, kw_only=True):
@@ -222,11 +197,22 @@ class LogConfig(Block, kw_only=True):
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class Config(Block, kw_only=True):
-    draw: DrawConfig = msgspec.field(default_factory=DrawConfig)
-    edit: EditConfig = msgspec.field(default_factory=EditConfig)
+class ConfigBase(Block, kw_only=True):
+    """Every key that does not belong to one provider, and the lookups.
+
+    ``draw``, ``edit`` and ``video`` are redefined by the catalog-built ``Config`` with the
+    provider blocks added (a field keeps its place when a subclass redefines it).
+    """
+
+    capabilities: ClassVar[Capabilities] = MappingProxyType({})
+    """Alias → the operations it can serve, in the providers' menu order (set by the catalog)."""
+    short_names: ClassVar[ShortNames] = MappingProxyType({"draw": {}, "edit": {}})
+    """Short names per table: ``draw`` for drawing, ``edit`` for every other operation (set by the catalog)."""
+
+    draw: DrawSection = msgspec.field(default_factory=DrawSection)
+    edit: EditSection = msgspec.field(default_factory=EditSection)
     selfie: SelfieConfig = msgspec.field(default_factory=SelfieConfig)
-    video: VideoSettings = msgspec.field(default_factory=VideoSettings)
+    video: VideoSection = msgspec.field(default_factory=VideoSection)
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     policy: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
@@ -250,7 +236,7 @@ class Config(Block, kw_only=True):
 
     def block(self, op: Operation, alias: str) -> ProviderSettings | None:
         """The settings block a provider uses for ``op`` (selfie uses the edit blocks)."""
-        if alias == "grok_video" or op == "video":
+        if op == "video" or "video" in self.capabilities.get(alias, ()):
             return self.video if alias == self.video.provider else None
         section: Block = self.draw if op == "draw" else self.edit
         value = getattr(section, alias, None)
@@ -259,12 +245,12 @@ class Config(Block, kw_only=True):
     def canonical(self, op: Operation, name: str) -> str:
         """Resolve a user-facing alias (``gemini``) to a provider alias (``gemini_native``)."""
         name = name.strip().lower()
-        table = ALIASES["draw" if op == "draw" else "edit"]
+        table = self.short_names.get("draw" if op == "draw" else "edit", {})
         return table.get(name, name)
 
     def can_serve(self, op: Operation, alias: str) -> bool:
         """Whether ``alias`` exists, can do ``op``, is configured and (for edits) allows edits."""
-        if op not in CAPABILITIES.get(alias, frozenset()):
+        if op not in self.capabilities.get(alias, frozenset()):
             return False
         block = self.block(op, alias)
         if block is None or not block.configured():
@@ -276,7 +262,7 @@ class Config(Block, kw_only=True):
     def enabled_providers(self) -> list[str]:
         """Every alias that some operation can use with this config (what ``serve`` starts)."""
         ops: tuple[Operation, ...] = ("draw", "edit", "video")
-        return sorted({a for a in CAPABILITIES for op in ops if self.can_serve(op, a)})
+        return sorted({a for a in self.capabilities for op in ops if self.can_serve(op, a)})
 
     def presets(self) -> dict[str, str]:
         """``edit.presets`` parsed from ``name:prompt`` lines (first ``:`` splits; full-width ``：`` too)."""
@@ -293,140 +279,3 @@ def _parse_presets(lines: list[str]) -> dict[str, str]:
         if sep and name.strip() and prompt.strip():
             out[name.strip()] = prompt.strip()
     return out
-
-
-# ---- loading ----------------------------------------------------------------------
-
-_ENV = re.compile(r"^env:([A-Za-z_][A-Za-z0-9_]*)$")
-
-
-def _resolve_env(value: Any, path: str) -> Any:
-    if isinstance(value, str):
-        m = _ENV.match(value.strip())
-        if m:
-            name = m.group(1)
-            if name not in os.environ:
-                raise ConfigError(f"{path}: environment variable {name} is not set")
-            return os.environ[name]
-        return value
-    if isinstance(value, Mapping):
-        return {k: _resolve_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_resolve_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    return value
-
-
-_PATH = re.compile(r"`\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`")
-
-
-def _explain(err: msgspec.ValidationError, source: str) -> ConfigError:
-    text = str(err)
-    m = re.match(r"Object contains unknown field `([^`]+)` - at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`", text)
-    if m:
-        key = (m.group(2).lstrip(".") + "." + m.group(1)).lstrip(".")
-        return ConfigError(f"{source}: unknown key {key}")
-    m2 = re.search(r" - at `\$((?:\.[A-Za-z0-9_]+|\[\d+\])*)`", text)
-    if m2:
-        key = m2.group(1).lstrip(".")
-        head = text[: m2.start()]
-        return ConfigError(f"{source}: {key}: {head}")
-    return ConfigError(f"{source}: {text}")
-
-
-def config_from_dict(data: Mapping[str, Any], *, source: str = "config") -> Config:
-    """Build a :class:`Config` from a plain dict (e.g. AstrBot plugin settings)."""
-    resolved = _resolve_env(dict(data), "")
-    try:
-        config = msgspec.convert(resolved, Config, strict=False)
-    except msgspec.ValidationError as exc:
-        raise _explain(exc, source) from None
-    _check_finite(config, "", source)
-    return config
-
-
-def _check_finite(value: Any, path: str, source: str) -> None:
-    """TOML allows ``inf`` and ``nan``; no duration, size or limit here means anything with them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{source}: {path}: must be a finite number, not {value}")
-    if isinstance(value, msgspec.Struct):
-        for name in value.__struct_fields__:
-            _check_finite(getattr(value, name), f"{path}.{name}".lstrip("."), source)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_finite(item, f"{path}.{key}", source)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_finite(item, f"{path}[{i}]", source)
-
-
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load config from ``path``, else ``$AIIMG_CONFIG``, else ``./aiimg.toml``, else defaults."""
-    chosen: Path | None = None
-    if path:
-        chosen = Path(path)
-        if not chosen.is_file():
-            raise ConfigError(f"config file not found: {chosen}")
-    elif os.environ.get("AIIMG_CONFIG"):
-        chosen = Path(os.environ["AIIMG_CONFIG"])
-        if not chosen.is_file():
-            raise ConfigError(f"AIIMG_CONFIG points to a missing file: {chosen}")
-    elif Path("aiimg.toml").is_file():
-        chosen = Path("aiimg.toml")
-    if chosen is None:
-        return Config()
-    try:
-        data = tomllib.loads(chosen.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{chosen}: cannot read: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{chosen}: invalid TOML: {exc}") from None
-    return config_from_dict(data, source=str(chosen))
-
-
-_SECRET_KEYS = frozenset({"api_keys", "api_key", "apikey", "cookie_list", "password", "token"})
-_USERINFO = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://([^\s/?#@,]+)@")
-
-
-def _cookie_values(cookie: str) -> Iterator[str]:
-    """``a=1; b=2`` → ``1``, ``2`` (upstreams echo a cookie's value without its name)."""
-    for part in cookie.split(";"):
-        _, eq, value = part.partition("=")
-        if eq and len(value.strip()) >= 8:
-            yield value.strip()
-
-
-def _walk(value: Any, key: str = "") -> Iterator[str]:
-    if isinstance(value, msgspec.Struct):
-        for f in value.__struct_fields__:
-            yield from _walk(getattr(value, f), f)
-    elif isinstance(value, dict):  # extra_body and other free-form tables
-        for k, v in value.items():
-            yield from _walk(v, str(k))
-    elif key in _SECRET_KEYS:
-        items = value if isinstance(value, list) else [value]
-        for item in items:
-            if isinstance(item, str) and item:
-                yield item
-                if key == "cookie_list" and ":" in item:
-                    cookie = item.split(":", 1)[1]
-                    yield cookie
-                    yield from _cookie_values(cookie)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _walk(item, key)
-    elif isinstance(value, str) and "@" in value:
-        # Credentials in a URL (``nats.url``, ``network.proxy``, a gateway ``base_url``):
-        # ``user:password`` and the password alone.
-        for userinfo in _USERINFO.findall(value):
-            _, colon, password = userinfo.partition(":")
-            if colon:
-                yield unquote(userinfo)
-                yield unquote(password)
-            elif len(userinfo) >= 16:  # ``https://<token>@host``; a plain user name is no secret
-                yield unquote(userinfo)
-
-
-def secret_values(config: Config) -> set[str]:
-    """Every secret string in ``config`` (keys, cookies and their values, passwords, URL
-    credentials), for log redaction."""
-    return {s for s in _walk(config) if len(s) >= 4}

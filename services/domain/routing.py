@@ -24,7 +24,7 @@ from ...messages import (
     Names,
     Operation,
 )
-from .config import CAPABILITIES, Config
+from .config import ConfigBase
 from .sizes import parse_output
 from .state import JobState
 
@@ -40,7 +40,7 @@ class Plan:
     """Providers named in config or the request that were left out, and why."""
 
 
-def plan_chain(config: Config, request: JobRequested) -> Plan:
+def plan_chain(config: ConfigBase, request: JobRequested) -> Plan:
     """``[explicit backend or primary, fallback_1, fallback_2, fallback_3]``, deduplicated.
 
     Empty entries are skipped; so are providers that cannot do the operation, are not
@@ -68,9 +68,9 @@ def plan_chain(config: Config, request: JobRequested) -> Plan:
         alias = config.canonical(op, raw) if raw else ""
         if not alias or alias in chain or alias in skipped:
             continue
-        if alias not in CAPABILITIES:
+        if alias not in config.capabilities:
             skipped[alias] = "unknown provider"
-        elif op not in CAPABILITIES[alias]:
+        elif op not in config.capabilities[alias]:
             skipped[alias] = f"cannot {op}"
         elif not config.can_serve(op, alias):
             block = config.block(op, alias)
@@ -83,7 +83,7 @@ def plan_chain(config: Config, request: JobRequested) -> Plan:
     return Plan(chain=chain, skipped=skipped)
 
 
-def request_problem(config: Config, client: str, req: JobRequested) -> str | None:
+def request_problem(config: ConfigBase, client: str, req: JobRequested) -> str | None:
     """Why ``req`` (written by ``client``) must be refused as ``bad_request``; ``None`` if it may run.
 
     Checked before any provider is called, so an oversized or malformed request costs the
@@ -131,14 +131,14 @@ class Decision:
     wait_until: float | None = None
 
 
-def _max_retries(config: Config, op: Operation, provider: str) -> int:
+def _max_retries(config: ConfigBase, op: Operation, provider: str) -> int:
     if op in ("edit", "selfie"):
         return max(0, config.edit.fallback.max_retries)
     block = config.block(op, provider)
     return max(0, block.max_retries) if block is not None else 0
 
 
-def retry_delay(config: Config, retries_used: int, retry_after: float) -> float | None:
+def retry_delay(config: ConfigBase, retries_used: int, retry_after: float) -> float | None:
     """Seconds before retrying on the same provider, or ``None`` to escalate now.
 
     Exponential from ``policy.backoff`` (edits: ``edit.fallback.retry_delay``) capped at
@@ -151,7 +151,7 @@ def retry_delay(config: Config, retries_used: int, retry_after: float) -> float 
     return float(max(backoff, retry_after))
 
 
-def decide(state: JobState, config: Config, now: float) -> Decision:
+def decide(state: JobState, config: ConfigBase, now: float) -> Decision:
     """The next step for ``state`` at time ``now``."""
     req = state.request
     if req is None or state.terminal is not None:
@@ -222,7 +222,7 @@ def _consecutive_on(state: JobState, provider: str) -> int:
 
 
 def _dispatch(
-    config: Config, req: JobRequested, chain: list[str], provider: str, n: int, now: float, start: float
+    config: ConfigBase, req: JobRequested, chain: list[str], provider: str, n: int, now: float, start: float
 ) -> AttemptDispatched:
     block = config.block(req.op, provider)
     timeout = block.timeout if block is not None else 120.0

@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -45,9 +45,11 @@ from nats.nuid import NUID
 
 from ...messages import BlobRef, Names
 from ..domain.errors import BlobError
-from .bus import Bus
 from .media import MediaInfo, sniff_mime
 from .retry import Backoff, retrying
+
+if TYPE_CHECKING:  # the bus builds these; a runtime import would be a cycle
+    from .bus import Bus
 
 __all__ = ("BATCH_CHUNKS", "CHUNK_SIZE", "READ_RETRY", "WINDOW_BYTES", "BlobStore")
 

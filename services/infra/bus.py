@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import anyio
 import structlog
 from nats.aio.client import Client as NATS
-from nats.aio.subscription import Subscription
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -40,10 +41,12 @@ from ...messages import (
     placed,
 )
 from ...messages._subjects import Kind
-from ..domain.config import CAPABILITIES, Config, NatsConfig
+from ..domain.config import ConfigBase, NatsConfig
 from ..domain.errors import BusError, StaleView
 from ..domain.state import JobState, fold
+from .blobs import BlobStore
 from .embedded import Credentials
+from .pull import Handler, PullConsumer
 from .retry import Backoff, retrying
 
 # StaleView is defined in domain.errors with every other error; actors/router.py still imports it from here.
@@ -53,6 +56,7 @@ __all__ = (
     "JobLog",
     "Logged",
     "StaleView",
+    "Subscription",
     "connect",
     "consumer_configs",
     "consumer_drift",
@@ -132,7 +136,7 @@ class _LayoutMissing(Exception):
     raises ``BusError`` once it stops waiting."""
 
 
-def consumer_configs(names: Names, config: Config) -> list[js_api.ConsumerConfig]:
+def consumer_configs(names: Names, config: ConfigBase) -> list[js_api.ConsumerConfig]:
     """The durable consumers of the layout, exactly as the router creates (and repairs) them."""
     router = js_api.ConsumerConfig(
         name=names.router_consumer,
@@ -157,7 +161,7 @@ def consumer_configs(names: Names, config: Config) -> list[js_api.ConsumerConfig
             max_waiting=CONSUMER_MAX_WAITING,
             filter_subject=names.subject("dispatch", token=alias),
         )
-        for alias in CAPABILITIES
+        for alias in config.capabilities
     ]
     return [router, *providers]
 
@@ -215,7 +219,7 @@ class Bus:
     nc: NATS
     js: JetStreamContext
     names: Names
-    config: Config
+    config: ConfigBase
     embedded_here: bool = False
     """True when this process started the embedded nats-server this bus talks to."""
     _kv: KeyValue | None = field(default=None, repr=False)
@@ -417,7 +421,7 @@ class Bus:
     async def _consumer_info_raw(self, name: str) -> dict[str, Any] | None:
         """The server's JSON for consumer ``name`` (nats-py's model drops fields we must check)."""
         try:
-            reply = await self.nc.request(f"$JS.API.CONSUMER.INFO.{self.names.jobs_stream}.{name}", b"", timeout=10.0)
+            reply = await self.nc.request(self.names.consumer_info_subject(name), b"", timeout=10.0)
         except NatsTimeoutError:
             raise BusError(f"no answer reading consumer {name}") from None
         doc = json.loads(reply.data)
@@ -429,6 +433,28 @@ class Bus:
                 return None
             raise BusError(f"cannot read consumer {name}: {err.get('description', err)}")
         return doc
+
+    # ---- what actors use (the NATS side of services.actors.ports.JobBus) -----------------
+
+    def consumer(self, durable: str, handler: Handler, *, concurrency: int, name: str = "") -> PullConsumer:
+        """Run ``handler`` for every message of durable consumer ``durable``, ``concurrency`` at a time."""
+        return PullConsumer(self, durable, handler, concurrency=concurrency, name=name)
+
+    async def on_done(self, callback: Callable[[str], Awaitable[None]]) -> Subscription:
+        """Call ``callback(job_id)`` for every terminal event written from now on; close the result to stop."""
+
+        async def on_msg(msg: Msg) -> None:
+            try:
+                job_id = self.names.parse(msg.subject).job_id
+            except ValueError:
+                return
+            await callback(job_id)
+
+        return _Subscription(await self.nc.subscribe(self.names.subject("done"), cb=on_msg))
+
+    def blob_store(self, bucket: str | None = None, *, purge: bool = True) -> BlobStore:
+        """Blobs on this connection (see :class:`~services.infra.blobs.BlobStore`)."""
+        return BlobStore(self, bucket, purge=purge)
 
     async def kv(self) -> KeyValue:
         if self._kv is None:
@@ -478,6 +504,11 @@ class Bus:
             ack = await self.js.publish(subject, data, headers=headers or None, stream=self.names.jobs_stream)
         except APIError as exc:
             if exc.err_code == 10071 and isinstance(event, JobRequested):
+                # Our own earlier write whose ack was lost (a retry through a leader election)
+                # is recognised by its content: the job's first message is exactly this request.
+                first = await self._first_message(event.job_id)
+                if first is not None and first[1] == subject and first[2] == data:
+                    return first[0], True
                 raise BusError(f"job id {event.job_id} was already used") from None
             if exc.err_code == 10071 and expect_last is not None:
                 raise StaleView(f"job {event.job_id} has events newer than seq {expect_last}") from None
@@ -528,13 +559,32 @@ class Bus:
 
     async def first_seq(self, job_id: str) -> int:
         """Stream seq of the first stored message of ``job_id`` (any subject), 0 if it has none."""
+        first = await self._first_message(job_id)
+        return first[0] if first is not None else 0
+
+    async def _first_message(self, job_id: str) -> tuple[int, str, bytes] | None:
         try:
             raw = await self.js.get_msg(
                 self.names.jobs_stream, seq=1, subject=self.names.subject("history", job_id), next=True, direct=True
             )
         except NotFoundError:
-            return 0
-        return int(raw.seq or 0)
+            return None
+        return int(raw.seq or 0), raw.subject or "", raw.data or b""
+
+
+class Subscription:
+    """Something that can be closed: a live subscription."""
+
+    async def close(self) -> None:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+
+class _Subscription(Subscription):
+    def __init__(self, sub: NatsSubscription) -> None:
+        self._sub = sub
+
+    async def close(self) -> None:
+        await unsubscribe(self._sub)
 
 
 _READ_SIZE = 256 * 1024
@@ -554,7 +604,7 @@ def _widen_socket_reads() -> None:
         nats_client.DEFAULT_BUFFER_SIZE = _READ_SIZE
 
 
-async def connect(config: Config, url: str | None = None, *, credentials: Credentials | None = None) -> Bus:
+async def connect(config: ConfigBase, url: str | None = None, *, credentials: Credentials | None = None) -> Bus:
     """Connect to ``url`` (or ``config.nats.url``) and return a :class:`Bus`. Does not create the layout.
 
     ``credentials`` (an embedded server's user and password) replace the configured ones.
@@ -597,7 +647,7 @@ async def connect(config: Config, url: str | None = None, *, credentials: Creden
     return Bus(nc=nc, js=nc.jetstream(timeout=10), names=Names(cfg.prefix), config=config)
 
 
-async def unsubscribe(sub: Subscription) -> None:
+async def unsubscribe(sub: NatsSubscription) -> None:
     """Drop ``sub`` on the way out. A connection that is closed, draining or gone took its
     subscriptions along: nats-py's refusal then is logged at debug level, not raised over
     whatever the caller is leaving with."""

@@ -38,7 +38,7 @@ from httpx._client import USE_CLIENT_DEFAULT, UseClientDefault
 from httpx._types import AuthTypes
 from yarl import URL
 
-from ..domain.config import Config
+from ..domain.config import ConfigBase
 from ..domain.errors import AddressRefused, BadEncoding, HostUnresolved, ResponseTooLarge
 
 __all__ = (
@@ -76,7 +76,7 @@ most this much past the cap before it is refused, however densely it was compres
 _GZIP = zlib.MAX_WBITS | 16
 
 
-def response_cap(config: Config) -> int:
+def response_cap(config: ConfigBase) -> int:
     """Largest upstream response body an actor reads: the biggest storable blob, base64-encoded, plus 1 MiB."""
     return config.retention.max_blob_bytes * 4 // 3 + 1024 * 1024
 
@@ -416,7 +416,7 @@ class UpstreamClient(httpx.AsyncClient):
         return response
 
 
-def upstream_client(config: Config, concurrency: int, *, proxy: str | None = None) -> UpstreamClient:
+def upstream_client(config: ConfigBase, concurrency: int, *, proxy: str | None = None) -> UpstreamClient:
     """The client a provider actor running ``concurrency`` attempts at once calls upstreams with.
 
     ``proxy`` overrides ``network.proxy`` (a provider block with its own proxy URL).
@@ -666,7 +666,7 @@ class DownloadClient(UpstreamClient):
         self.guarded = guarded
 
 
-def download_client(config: Config, concurrency: int, *, guard: AddressGuard | None = None) -> DownloadClient:
+def download_client(config: ConfigBase, concurrency: int, *, guard: AddressGuard | None = None) -> DownloadClient:
     """The download client of a provider actor (or the chat bridge) with ``concurrency`` downloads at once.
 
     With the guard on (``network.allow_private_downloads = false``, the default) every

@@ -12,13 +12,14 @@ table, where every ``*SensitiveContentDetected`` / ``*RiskDetection`` code is a 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import msgspec
 
-from ..domain.config import Config
+from ..domain.config import ConfigBase
 from ..domain.errors import ProviderFailure
-from ..domain.settings import ArkSettings
+from ..domain.settings import ProviderSettings
 from ..domain.sizes import parse_output
 from ..infra.media import sniff_mime
 from ._common import KeyRing, b64_text, each_key, image_from_item, join
@@ -26,7 +27,7 @@ from ._errors import Codes, Meaning, Said, classify, error_body, retry_after_sec
 from ._json import parse_json
 from .base import AttemptContext, Output, Provider
 
-__all__ = ("ArkProvider", "ark_base", "build_body", "pick_size")
+__all__ = ("ArkProvider", "ArkSettings", "ark_base", "build_body", "pick_size")
 
 LABEL = "ark"
 
@@ -46,10 +47,31 @@ def ark_base(url: str) -> str:
     return value
 
 
+class ArkSettings(ProviderSettings, kw_only=True):
+    """Volcengine Ark Seedream (official API)."""
+
+    base_url: str = "https://ark.cn-beijing.volces.com/api/v3"
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    model: str = "doubao-seedream-4-0-250828"
+    size: str = "4K"
+    """``1K``/``2K``/``3K``/``4K`` preset or ``WxH``; a job's output intent wins."""
+    watermark: bool = False
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    """``b64_json`` saves a second download; ``url`` results are fetched (URLs live 24 h)."""
+    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def configured(self) -> bool:
+        return bool(self.base_url.strip() and self.api_keys)
+
+
 class ArkProvider(Provider):
     alias = "ark"
+    operations = frozenset({"draw", "edit", "selfie"})
+    settings_type = ArkSettings
+    menu_order = 50
+    block_order = 80
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ConfigBase) -> None:
         super().__init__(config)
         self._rings: dict[tuple[str, ...], KeyRing] = {}
 

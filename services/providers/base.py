@@ -16,7 +16,7 @@ from typing import ClassVar
 import httpx
 
 from ...messages import AttemptDispatched, Operation
-from ..domain.config import Config
+from ..domain.config import ConfigBase
 from ..domain.settings import ProviderSettings
 from ..infra.http import DownloadClient
 from ..infra.media import MediaInfo
@@ -37,7 +37,7 @@ class AttemptContext:
     dispatch: AttemptDispatched
     settings: ProviderSettings
     """The ``draw.<alias>`` / ``edit.<alias>`` / ``video`` block for this operation."""
-    config: Config
+    config: ConfigBase
     inputs: list[InputImage]
     http: httpx.AsyncClient
     """For the upstream's API (its configured base URL, which may be a LAN gateway)."""
@@ -74,12 +74,30 @@ class Output:
 
 
 class Provider(abc.ABC):
-    """One upstream API. Subclasses set ``alias`` and implement :meth:`run`."""
+    """One upstream API. Subclasses implement :meth:`run` and declare their catalog entry.
+
+    A class defined in a module of this package that sets ``alias`` in its own body is a
+    provider: the catalog (``catalog.py``) finds it there, and from these declarations builds
+    the capabilities table, the registry and the typed ``draw.<alias>`` / ``edit.<alias>`` /
+    ``video`` blocks of the config. Nothing else needs to name it.
+    """
 
     alias: ClassVar[str]
+    """The provider's name: its config block (``draw.<alias>``), subject token, consumer and NATS user."""
+    operations: ClassVar[frozenset[Operation]]
+    """What it can serve at all: ``draw`` gives it a ``draw.<alias>`` block, ``edit`` / ``selfie`` an
+    ``edit.<alias>`` block (selfies use the edit block); ``video`` (alone) makes its settings the ``video`` block."""
+    settings_type: ClassVar[type[ProviderSettings]]
+    """Its settings block: a :class:`ProviderSettings` (a ``VideoSection`` for ``video``), declared in its module."""
+    short_names: ClassVar[tuple[str, ...]] = ()
+    """Names users may type for it (``gemini`` for ``gemini_native``), for each operation it serves."""
+    menu_order: ClassVar[int] = 1000
+    """Where the alias sits in provider lists (capabilities, the settings page's menus); ties go by alias."""
+    block_order: ClassVar[int] = 1000
+    """Where its block sits in ``draw`` / ``edit`` on the settings page; ties go by alias."""
     produces_video: ClassVar[bool] = False
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ConfigBase) -> None:
         self.config = config
 
     @abc.abstractmethod

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
+import msgspec
 
-from ..domain.config import Config
+from ..domain.config import ConfigBase
 from ..domain.errors import ProviderFailure
-from ..domain.settings import GeminiNativeSettings
+from ..domain.settings import ProviderSettings
 from ..domain.sizes import SizeIntent, parse_output
 from ..infra.http import upstream_client
 from ._common import KeyRing, b64_text, decode_base64, each_key, join, normalize_gemini_base
@@ -29,7 +30,7 @@ from ._errors import Codes, Meaning, Said, classify, error_body, retry_after_sec
 from ._json import parse_json
 from .base import AttemptContext, Output, Provider
 
-__all__ = ("GeminiNativeProvider", "build_body", "image_config")
+__all__ = ("GeminiNativeProvider", "GeminiNativeSettings", "build_body", "image_config")
 
 LABEL = "gemini_native"
 
@@ -61,10 +62,27 @@ _RETRY_IN = re.compile(r"retry in\s+(\d+(?:\.\d+)?)\s*s", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)s\s*$")
 
 
+class GeminiNativeSettings(ProviderSettings, kw_only=True):
+    api_url: str = "https://generativelanguage.googleapis.com"
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    model: str = "gemini-3-pro-image-preview"
+    resolution: Literal["1K", "2K", "4K"] = "4K"
+    use_proxy: bool = False
+    proxy_url: str = ""
+
+    def configured(self) -> bool:
+        return bool(self.api_url.strip() and self.api_keys)
+
+
 class GeminiNativeProvider(Provider):
     alias = "gemini_native"
+    operations = frozenset({"draw", "edit", "selfie"})
+    settings_type = GeminiNativeSettings
+    short_names = ("gemini",)
+    menu_order = 20
+    block_order = 20
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ConfigBase) -> None:
         super().__init__(config)
         self._rings: dict[tuple[str, ...], KeyRing] = {}
         self._proxied: dict[str, httpx.AsyncClient] = {}

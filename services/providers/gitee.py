@@ -15,9 +15,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ..domain.config import Config
+import msgspec
+
+from ..domain.config import ConfigBase
 from ..domain.errors import ProviderFailure
-from ..domain.settings import GiteeSettings
+from ..domain.settings import ProviderSettings
 from ..domain.sizes import SizeIntent, parse_output
 from ._common import Cooldown, KeyRing, each_key, image_from_item, join, normalize_openai_base
 from ._errors import scrub
@@ -25,7 +27,7 @@ from ._gitee import gitee_failure, gitee_headers, gitee_message, gitee_said
 from ._json import parse_json
 from .base import AttemptContext, Output, Provider
 
-__all__ = ("NO_NEGATIVE_PROMPT", "GiteeProvider", "build_body", "pick_size")
+__all__ = ("NO_NEGATIVE_PROMPT", "GiteeProvider", "GiteeSettings", "build_body", "pick_size")
 
 LABEL = "gitee"
 OPERATION = "images.generate"
@@ -36,10 +38,39 @@ NO_NEGATIVE_PROMPT = frozenset({"z-image-turbo", "z-image-base", "flux.1-dev", "
 _WXH = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 
 
+class GiteeSettings(ProviderSettings, kw_only=True):
+    base_url: str = "https://ai.gitee.com/v1"
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    model: str = "z-image-turbo"
+    size: str = "1024x1024"
+    negative_prompt: str = ""
+    num_inference_steps: int = 9
+    timeout: float = 300.0
+    supports_edit: bool = False
+    allowed_sizes: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "256x256", "512x512", "1024x1024", "2048x2048",
+            "1152x896", "2048x1536", "768x1024", "1536x2048",
+            "2048x1360", "1360x2048", "1024x576", "2048x1152", "576x1024", "1152x2048",
+        ]
+    )  # fmt: skip
+    """Sizes the model accepts (z-image-turbo's 14). Another size is mapped to the closest ratio,
+    then the closest area. Empty: send any ``WxH`` as asked (e.g. for Qwen-Image's 1328x1328)."""
+    not_found_cooldown: float = 600.0
+    """Seconds ``images/generations`` stays parked after the upstream answered 404."""
+
+    def configured(self) -> bool:
+        return bool(self.base_url.strip() and self.api_keys)
+
+
 class GiteeProvider(Provider):
     alias = "gitee"
+    operations = frozenset({"draw"})
+    settings_type = GiteeSettings
+    menu_order = 70
+    block_order = 60
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ConfigBase) -> None:
         super().__init__(config)
         self._rings: dict[tuple[str, ...], KeyRing] = {}
         self._cooldown = Cooldown()

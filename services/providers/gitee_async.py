@@ -16,11 +16,12 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 import structlog
 
-from ..domain.config import Config
+from ..domain.config import ConfigBase
 from ..domain.errors import ProviderFailure
-from ..domain.settings import GiteeAsyncSettings
+from ..domain.settings import ProviderSettings
 from ..infra.media import sniff_mime
 from ._common import KeyRing, decode_base64, download, each_key, join, normalize_openai_base
 from ._errors import Codes, Meaning, scrub
@@ -28,7 +29,7 @@ from ._gitee import gitee_failure, gitee_headers, gitee_message, gitee_said
 from ._json import json_body, parse_json
 from .base import AttemptContext, InputImage, Output, Provider
 
-__all__ = ("TASK_TYPES", "GiteeAsyncProvider", "task_types_for")
+__all__ = ("TASK_TYPES", "GiteeAsyncProvider", "GiteeAsyncSettings", "task_types_for")
 
 log = structlog.get_logger("aiimg.provider.gitee_async")
 
@@ -47,10 +48,30 @@ _LOST: Codes = {404: Meaning("upstream_error", "the task is unknown upstream")}
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif", "image/bmp": "bmp"}
 
 
+class GiteeAsyncSettings(ProviderSettings, kw_only=True):
+    base_url: str = "https://ai.gitee.com/v1"
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    model: str = "Qwen-Image-Edit-2511"
+    num_inference_steps: int = 4
+    guidance_scale: float = 1.0
+    poll_interval: float = 5.0
+    poll_timeout: float = 300.0
+    task_types: list[str] = msgspec.field(default_factory=lambda: ["id"])
+    timeout: float = 330.0
+
+    def configured(self) -> bool:
+        return bool(self.base_url.strip() and self.api_keys)
+
+
 class GiteeAsyncProvider(Provider):
     alias = "gitee_async"
+    operations = frozenset({"edit", "selfie"})
+    settings_type = GiteeAsyncSettings
+    short_names = ("gitee",)
+    menu_order = 80
+    block_order = 70
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ConfigBase) -> None:
         super().__init__(config)
         self._rings: dict[tuple[str, ...], KeyRing] = {}
 

@@ -13,7 +13,7 @@ xAI differs from OpenAI in ways that matter here (provider-wire-formats §3):
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import structlog
@@ -25,7 +25,7 @@ from ._images_api import Caller, image_from_response
 from .base import AttemptContext, InputImage, Output
 from .openai_compat import OpenAICompatBase, OpenAIStyleSettings, size_intent
 
-__all__ = ("XAI_RATIOS", "GrokProvider", "xai_size_fields")
+__all__ = ("XAI_RATIOS", "GrokProvider", "GrokSettings", "xai_size_fields")
 
 log = structlog.get_logger("aiimg.provider.grok")
 
@@ -91,8 +91,16 @@ def _moderation_hint(body: dict[str, Any]) -> str:
     return ""
 
 
+class GrokSettings(OpenAIStyleSettings, kw_only=True):
+    base_url: str = "https://api.x.ai/v1"
+    api_mode: Literal["chat", "images"] = "chat"
+
+
 class GrokProvider(OpenAICompatBase):
     alias = "grok"
+    settings_type = GrokSettings
+    menu_order = 10
+    block_order = 10
     default_model = "grok-imagine-image"
 
     async def images_generate(self, ctx: AttemptContext, caller: Caller, s: OpenAIStyleSettings, model: str) -> Output:

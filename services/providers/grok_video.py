@@ -19,7 +19,7 @@ retries retryable reasons on this provider up to ``max_retries`` (policy.retry_r
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlsplit
 
 import anyio
@@ -28,7 +28,7 @@ import structlog
 
 from ...messages import Reason
 from ..domain.errors import ProviderFailure
-from ..domain.settings import VideoSettings
+from ..domain.settings import VideoSection
 from ._chat import reply_text
 from ._common import b64_text, download, join, normalize_openai_base
 from ._errors import Codes, Meaning, error_text, failure_for, http_failure, moderated, scrub, short
@@ -36,7 +36,7 @@ from ._json import parse_json
 from ._video_urls import find_video_url
 from .base import AttemptContext, Output, Provider
 
-__all__ = ("GrokVideoProvider", "video_api_root")
+__all__ = ("GrokVideoProvider", "VideoSettings", "video_api_root")
 
 log = structlog.get_logger("aiimg.providers.grok_video")
 
@@ -71,8 +71,34 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+class VideoSettings(VideoSection, kw_only=True):
+    """``video.*``: Grok Imagine video (``grok_video``)."""
+
+    provider: str = "grok_video"
+    server_url: str = "https://api.x.ai"
+    api_mode: Literal["chat", "videos"] = "chat"
+    model: str = "grok-imagine-0.9"
+    poll_interval: float = 5.0
+    """``api_mode = "videos"``: seconds between ``GET /v1/videos/{id}`` polls."""
+    max_bytes: int = 200 * 1024 * 1024
+    timeout: float = 600.0
+    """Whole attempt (request, polling, download). ``timeout_seconds`` bounds each HTTP call."""
+    duration: int = 0
+    """``api_mode = "videos"``: seconds of video (1-15); 0 leaves it to the upstream."""
+    aspect_ratio: str = ""
+    """``api_mode = "videos"``: e.g. ``16:9``; empty follows the input image. A job's ratio wins."""
+    resolution: str = ""
+    """``api_mode = "videos"``: ``480p`` | ``720p``; empty leaves it to the upstream."""
+
+    def configured(self) -> bool:
+        return self.enabled and bool(self.server_url.strip() and self.api_key)
+
+
 class GrokVideoProvider(Provider):
     alias = "grok_video"
+    operations = frozenset({"video"})
+    settings_type = VideoSettings
+    menu_order = 90
     produces_video = True
 
     async def run(self, ctx: AttemptContext) -> Output:

@@ -20,17 +20,18 @@ import re
 from typing import Any
 
 import httpx
+import msgspec
 
-from ..domain.config import Config
+from ..domain.config import ConfigBase
 from ..domain.errors import ProviderFailure
-from ..domain.settings import JimengSettings
+from ..domain.settings import ProviderSettings
 from ..domain.sizes import parse_output
 from ._common import KeyRing, download, each_key
 from ._errors import Codes, Meaning, Said, Words, classify, http_failure, scrub
 from ._json import parse_json
 from .base import AttemptContext, Output, Provider
 
-__all__ = ("RATIOS", "JimengProvider", "parse_cookie", "pick_ratio")
+__all__ = ("RATIOS", "JimengProvider", "JimengSettings", "parse_cookie", "pick_ratio")
 
 LABEL = "jimeng"
 
@@ -59,10 +60,29 @@ def parse_cookie(entry: str) -> tuple[str, str] | None:
     return conversation.strip(), cookie.strip()
 
 
+class JimengSettings(ProviderSettings, kw_only=True):
+    api_url: str = ""
+    apikey: str = ""
+    cookie_list: list[str] = msgspec.field(default_factory=list)
+    default_style: str = "真实"
+    default_ratio: str = "1:1"
+    default_model: str = "Seedream 4.0"
+    supports_edit: bool = False
+    """The aggregator takes an edit's input only as a public ``url``; aiimg hosts no files, so
+    edits are off unless a deployment sets this (the provider then answers ``unsupported``)."""
+
+    def configured(self) -> bool:
+        return bool(self.api_url.strip() and self.apikey and self.cookie_list)
+
+
 class JimengProvider(Provider):
     alias = "jimeng"
+    operations = frozenset({"draw", "edit", "selfie"})
+    settings_type = JimengSettings
+    menu_order = 60
+    block_order = 50
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ConfigBase) -> None:
         super().__init__(config)
         self._rings: dict[tuple[str, ...], KeyRing] = {}
 

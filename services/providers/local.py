@@ -17,18 +17,37 @@ import anyio
 from PIL import Image, ImageDraw, ImageFont
 
 from ..domain.errors import MediaError, ProviderFailure
-from ..domain.settings import LocalSettings
+from ..domain.settings import ProviderSettings
 from ..domain.sizes import parse_output
 from ..infra.media import MAX_PIXELS, MediaInfo, open_image
 from .base import AttemptContext, Output, Provider
 
-__all__ = ("LocalProvider", "fit", "render")
+__all__ = ("LocalProvider", "LocalSettings", "fit", "render")
 
 MAX_EDGE = 4096
 
 
+class LocalSettings(ProviderSettings, kw_only=True):
+    """The offline Pillow renderer (not AI): for demos, tests and CI."""
+
+    enabled: bool = True
+    size: str = "1024x1024"
+    """Size used when a job asks for none (4K would be a 48 MB canvas for a demo)."""
+    delay: float = 0.0
+    """Seconds to wait before rendering, to simulate a slow upstream in demos and benchmarks."""
+    timeout: float = 30.0
+    max_retries: int = 0
+
+    def configured(self) -> bool:
+        return self.enabled
+
+
 class LocalProvider(Provider):
     alias = "local"
+    operations = frozenset({"draw", "edit", "selfie"})
+    settings_type = LocalSettings
+    menu_order = 0
+    block_order = 90
 
     async def run(self, ctx: AttemptContext) -> Output:
         settings = ctx.settings

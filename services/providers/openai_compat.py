@@ -8,11 +8,14 @@ unlike the old ``/aiimg`` that always sent 256x256).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from ..domain.config import Config
+import msgspec
+
+from ...messages import Operation
+from ..domain.config import ConfigBase
 from ..domain.errors import ProviderFailure
-from ..domain.settings import GeminiOpenAISettings, GrokSettings, OpenAICompatSettings
+from ..domain.settings import ProviderSettings
 from ..domain.sizes import SizeIntent, parse_output
 from ._chat import ChatImages, size_hint
 from ._common import KeyRing, each_key, normalize_openai_base
@@ -21,14 +24,43 @@ from .base import AttemptContext, Output, Provider
 
 __all__ = (
     "GeminiOpenAIProvider",
+    "GeminiOpenAISettings",
     "OpenAICompatBase",
     "OpenAICompatProvider",
+    "OpenAICompatSettings",
     "OpenAIStyleSettings",
     "resolve_size",
     "size_intent",
 )
 
-OpenAIStyleSettings = OpenAICompatSettings | GeminiOpenAISettings | GrokSettings
+
+class OpenAIStyleSettings(ProviderSettings, kw_only=True):
+    """Keys of every block in the OpenAI family (``openai_compat``, ``gemini_openai``, ``grok``)."""
+
+    base_url: str = ""
+    api_mode: Literal["chat", "images"] = "images"
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    model: str = ""
+    size: str = "4096x4096"
+    extra_body: dict[str, Any] = msgspec.field(default_factory=dict)
+    edit_image_field: Literal["auto", "image", "image[]"] = "auto"
+    """Multipart name of the input files on ``images/edits``. ``auto``: ``image`` for one file,
+    ``image[]`` for several (what OpenAI takes; it rejects repeated ``image`` parts with
+    ``duplicate_parameter``). ``image``: always repeat ``image`` (Gitee-style gateways).
+    ``image[]``: always ``image[]``. Ignored by xAI (JSON edits) and chat mode."""
+    not_found_cooldown: float = 600.0
+    """Seconds an operation stays parked after the upstream answered 404 for it."""
+
+    def configured(self) -> bool:
+        return bool(self.base_url.strip() and self.api_keys)
+
+
+class OpenAICompatSettings(OpenAIStyleSettings, kw_only=True):
+    pass
+
+
+class GeminiOpenAISettings(OpenAIStyleSettings, kw_only=True):
+    pass
 
 
 def size_intent(text: str) -> SizeIntent | None:
@@ -64,10 +96,11 @@ def resolve_size(output: str, default: str) -> str:
 class OpenAICompatBase(Provider):
     """Shared flow of the OpenAI family: checks, key rotation, chat or images mode."""
 
+    operations: ClassVar[frozenset[Operation]] = frozenset({"draw", "edit", "selfie"})
     default_model: ClassVar[str] = ""
     """Model used when the block leaves ``model`` empty ('' = the block must name one)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: ConfigBase) -> None:
         super().__init__(config)
         self.images = ImagesAPI()
         self.chat = ChatImages(self.images)
@@ -79,7 +112,7 @@ class OpenAICompatBase(Provider):
 
     def settings_of(self, ctx: AttemptContext) -> OpenAIStyleSettings:
         s = ctx.settings
-        if not isinstance(s, (OpenAICompatSettings, GeminiOpenAISettings, GrokSettings)):
+        if not isinstance(s, OpenAIStyleSettings):
             raise ProviderFailure("unsupported", f"{self.alias} got a {type(s).__name__} block")
         return s
 
@@ -150,9 +183,16 @@ class OpenAICompatProvider(OpenAICompatBase):
     """Any OpenAI-compatible endpoint (OpenAI itself, new-api/one-api relays, gateways)."""
 
     alias = "openai_compat"
+    settings_type = OpenAICompatSettings
+    short_names = ("openai",)
+    menu_order = 40
+    block_order = 40
 
 
 class GeminiOpenAIProvider(OpenAICompatBase):
     """Gemini image models behind an OpenAI-compatible relay (same wire, its own config block)."""
 
     alias = "gemini_openai"
+    settings_type = GeminiOpenAISettings
+    menu_order = 30
+    block_order = 30

@@ -26,7 +26,7 @@ from PIL import Image
 import aiimg.main as plugin_main
 from aiimg.astrbot_bridge import sending
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.infra.bus import connect
 from aiimg.services.providers.base import AttemptContext, Output, Provider
 from aiimg.services.providers.grok_video import GrokVideoProvider

@@ -22,7 +22,7 @@ from aiimg.astrbot_bridge.feedback import Debouncer, UserSlots, react
 from aiimg.astrbot_bridge.schema import render_json, settings_table
 from aiimg.astrbot_bridge.settings import PLUGIN_NAME, load_settings
 from aiimg.services.app.selfie import looks_like_selfie, selfie_prompt, webui_references
-from aiimg.services.domain.config import CAPABILITIES, Config, config_from_dict
+from aiimg.services.config import CAPABILITIES, Config, config_from_dict
 from aiimg.services.domain.errors import ConfigError
 
 from ..reliability.procs import deploy_module

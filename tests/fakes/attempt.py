@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import httpx
 
 from aiimg.messages import AttemptDispatched, Operation
-from aiimg.services.domain.config import Config
+from aiimg.services.config import Config
 from aiimg.services.infra.http import DownloadClient
 from aiimg.services.providers.base import AttemptContext, InputImage
 

@@ -33,7 +33,7 @@ def _status_kib(field: str) -> int:
 
 
 async def measure(mode: str, url: str, max_blob: int, warm_url: str) -> dict[str, object]:
-    from aiimg.services.domain.config import config_from_dict
+    from aiimg.services.config import config_from_dict
     from aiimg.services.domain.errors import AiimgError
     from aiimg.services.infra.http import download_client, response_cap, send_read, upstream_client
     from aiimg.services.providers._common import download

@@ -121,7 +121,12 @@ class ServeProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
+        self._close()
+
+    def _close(self) -> None:
         self._thread.join(timeout=5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -131,7 +136,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._thread.join(timeout=5)
+        self._close()
 
 
 async def raw_job_messages(bus: Any, job_id: str) -> list[bytes]:

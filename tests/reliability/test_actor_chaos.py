@@ -28,7 +28,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from aiimg.messages import JobCompleted, JobFailed, JobRequested, decode_event
-from aiimg.services.domain.config import load_config
+from aiimg.services.config import load_config
 from aiimg.services.infra.bus import connect
 
 from ..fakes.server import FakeUpstream, Reply, Request, json_reply

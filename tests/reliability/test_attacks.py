@@ -34,7 +34,7 @@ from aiimg.messages import (
 from aiimg.services.actors.router import Router
 from aiimg.services.app.client import Client
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import Config
+from aiimg.services.config import Config
 from aiimg.services.infra.bus import Bus, connect, consumer_configs
 from aiimg.services.providers.base import AttemptContext, Output
 from aiimg.services.providers.local import LocalProvider

@@ -41,7 +41,7 @@ from aiimg.messages._subjects import Kind
 from aiimg.services.app import selfie as selfie_mod
 from aiimg.services.app.client import Client
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import config_from_dict
+from aiimg.services.config import config_from_dict
 from aiimg.services.domain.errors import ConfigError
 from aiimg.services.infra import blobs as blobs_mod
 from aiimg.services.infra.bus import Bus

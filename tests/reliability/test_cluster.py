@@ -31,7 +31,7 @@ from aiimg.messages import JobCompleted, JobEvent, JobFailed, JobRequested, Term
 from aiimg.services.app.client import Client
 from aiimg.services.app.selfie import ReferenceStore
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import Config, config_from_dict
+from aiimg.services.config import Config, config_from_dict
 from aiimg.services.domain.errors import AiimgError
 from aiimg.services.infra.bus import Bus, connect
 from aiimg.services.providers.local import LocalProvider

@@ -24,7 +24,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from aiimg.services.domain.config import CAPABILITIES, load_config
+from aiimg.services.config import CAPABILITIES, load_config
 from aiimg.services.infra.embedded import find_nats_server
 
 from .procs import DEPLOY, deploy_module
@@ -268,3 +268,5 @@ def test_cluster_script_starts_three_nodes_that_accept_the_printed_credentials(t
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -35,7 +35,8 @@ import pytest
 from aiimg.messages import AttemptFailed, JobFailed
 from aiimg.services.app.client import Client
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import Config, NetworkConfig, config_from_dict
+from aiimg.services.config import Config, config_from_dict
+from aiimg.services.domain.config import NetworkConfig
 from aiimg.services.domain.errors import AddressRefused, ConfigError, ProviderFailure
 from aiimg.services.infra.bus import connect
 from aiimg.services.infra.http import AddressGuard, DownloadClient, IPAddress, address_allowed, download_client

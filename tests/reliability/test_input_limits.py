@@ -40,7 +40,7 @@ from aiimg.messages import (
 from aiimg.services.app.client import Client
 from aiimg.services.app.selfie import ReferenceStore
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import Config, load_config
+from aiimg.services.config import Config, load_config
 from aiimg.services.domain.errors import AiimgError
 from aiimg.services.infra.blobs import BlobStore
 from aiimg.services.infra.bus import Bus, connect

@@ -22,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from aiimg.messages import JobCompleted
 from aiimg.services.app.client import Client
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import Config
+from aiimg.services.config import Config
 from aiimg.services.domain.errors import BusError
 from aiimg.services.infra.bus import connect
 from aiimg.services.infra.embedded import EmbeddedServer

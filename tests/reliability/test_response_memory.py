@@ -32,7 +32,7 @@ import pytest
 
 from aiimg.services.app.client import Client
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import config_from_dict
+from aiimg.services.config import config_from_dict
 from aiimg.services.infra.bus import connect
 from aiimg.services.infra.http import response_cap
 from aiimg.services.providers.openai_compat import OpenAICompatProvider

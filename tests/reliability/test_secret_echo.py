@@ -44,7 +44,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from aiimg.messages import AttemptFailed, AttemptSucceeded, JobCompleted, JobFailed
-from aiimg.services.domain.config import load_config
+from aiimg.services.config import load_config
 from aiimg.services.infra.blobs import BlobStore
 from aiimg.services.infra.bus import connect
 from aiimg.services.infra.embedded import EmbeddedServer

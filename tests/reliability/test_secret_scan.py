@@ -22,7 +22,7 @@ import anyio
 import pytest
 
 from aiimg.messages import AttemptFailed, JobFailed
-from aiimg.services.domain.config import load_config
+from aiimg.services.config import load_config
 from aiimg.services.infra.bus import connect
 from aiimg.services.infra.embedded import EmbeddedServer
 

@@ -20,7 +20,7 @@ import pytest
 from aiimg.messages import AttemptDispatched, AttemptFailed, AttemptSucceeded, JobCompleted
 from aiimg.services.app.client import Client
 from aiimg.services.app.stack import Stack, running
-from aiimg.services.domain.config import load_config
+from aiimg.services.config import load_config
 from aiimg.services.infra.bus import connect
 from aiimg.services.providers.base import AttemptContext, Output
 
