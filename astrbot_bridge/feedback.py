@@ -14,7 +14,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
+import structlog
+
 __all__ = ("FAILED", "PROCESSING", "SUCCEEDED", "Debouncer", "UserSlots", "react")
+
+log = structlog.get_logger("aiimg.bridge.feedback")
 
 PROCESSING: Final = 125
 SUCCEEDED: Final = 79
@@ -96,5 +100,6 @@ async def react(event: Any, emoji_id: int) -> bool:
             set=True,
         )
         return True
-    except Exception:
+    except Exception as exc:  # a platform without reactions or an old NapCat: the text says it anyway
+        log.debug("reaction_not_set", emoji=emoji_id, error=f"{type(exc).__name__}: {exc}")
         return False

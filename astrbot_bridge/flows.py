@@ -10,7 +10,6 @@ in the router and the providers, configured by the same settings.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,9 @@ from astrbot.api.event import MessageChain
 
 from ..messages import JobCompleted, Operation
 from ..services.app.client import Client
-from ..services.app.selfie import SelfieError, submit_selfie, webui_references
+from ..services.app.selfie import submit_selfie, webui_references
 from ..services.config import Config
-from ..services.domain.errors import AiimgError
+from ..services.domain.errors import AiimgError, SelfieError
 from ..services.providers._common import download
 from . import texts
 from .commands import Request, find_command, parse, resolve_tool_mode, valid_output
@@ -92,11 +91,13 @@ class Bridge:
         return ok
 
     async def stop(self) -> None:
-        for task in list(self.tasks):
+        tasks = list(self.tasks)
+        for task in tasks:
             task.cancel()
-        for task in list(self.tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        # Each ends cancelled (what we asked for); anything else it ended with is logged, not lost.
+        for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(outcome, Exception):
+                logger.warning(f"aiimg: a background delivery ended with {type(outcome).__name__}: {outcome}")
         await self.runtime.stop()
 
     # ---- parsing ------------------------------------------------------------------
@@ -253,8 +254,10 @@ class Bridge:
         try:
             end = await client.wait(job_id, timeout=budget)
         except TimeoutError:
-            with contextlib.suppress(Exception):
+            try:
                 await client.cancel(job_id, "no result in time")
+            except Exception as exc:  # the bus went away: the job ends by its own deadline instead
+                logger.warning(f"aiimg: could not cancel job {job_id}: {type(exc).__name__}: {exc}")
             await send_text(sink, texts.TIMEOUT.format(seconds=budget))
             return False
         except Exception as exc:

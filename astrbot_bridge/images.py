@@ -80,7 +80,8 @@ def _normalise(data: bytes) -> bytes | None:
             out = io.BytesIO()
             img.convert("RGB").save(out, format="JPEG", quality=85)
             return out.getvalue()
-    except Exception:
+    except Exception as exc:  # Pillow raises many types for a broken GIF: the image is skipped
+        logger.warning(f"aiimg: skipped an undecodable GIF ({type(exc).__name__}: {_short(exc)})")
         return None
 
 
@@ -108,7 +109,8 @@ async def _quoted_images(event: Any, reply: Any) -> list[Any]:
         return []
     try:
         data = await call("get_msg", message_id=int(reply.id))
-    except Exception:
+    except Exception as exc:  # OneBot implementations raise their own types: the quote just has no images
+        logger.warning(f"aiimg: could not fetch the quoted message ({type(exc).__name__}: {_short(exc)})")
         return []
     segments = (data or {}).get("message") if isinstance(data, dict) else None
     out: list[Any] = []

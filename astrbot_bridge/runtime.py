@@ -17,6 +17,8 @@ import contextlib
 import os
 from pathlib import Path
 
+import structlog
+
 from ..messages import JobRequested, Operation
 from ..services.app.client import Client
 from ..services.app.selfie import ReferenceStore
@@ -29,6 +31,8 @@ from ..services.infra.embedded import find_nats_server
 from ..services.infra.http import DownloadClient, download_client
 
 __all__ = ("BusRuntime", "wait_budget")
+
+log = structlog.get_logger("aiimg.bridge.runtime")
 
 
 def wait_budget(config: Config, op: Operation, backend: str = "") -> float:
@@ -143,6 +147,8 @@ class BusRuntime:
             await asyncio.wait_for(asyncio.shield(task), timeout)
         except (TimeoutError, asyncio.CancelledError):
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            # It ends cancelled (what we asked for); _serve keeps any other failure in self.error.
+            (outcome,) = await asyncio.gather(task, return_exceptions=True)
+            if isinstance(outcome, Exception):
+                log.warning("bus_task_failed", error=f"{type(outcome).__name__}: {outcome}")
         self._task = None

@@ -15,18 +15,19 @@ from nats.js.object_store import ObjectStore
 
 from aiimg.messages import BlobRef
 from aiimg.services.domain.errors import BlobError
-from aiimg.services.infra import blobs as blobs_mod
 from aiimg.services.infra.blobs import CHUNK_SIZE, BlobStore
 from aiimg.services.infra.bus import Bus
 from aiimg.services.infra.media import MediaInfo
+from aiimg.services.infra.retry import Backoff
 
 pytestmark = pytest.mark.anyio
 
+QUICK = Backoff(0.0, tries=3)
+"""Missing-blob tests need not wait the real re-read delays: three tries, no wait."""
 
-@pytest.fixture(autouse=True)
-def _quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Missing-blob tests need not wait the real re-read delays."""
-    monkeypatch.setattr(blobs_mod, "READ_RETRIES", (0.0, 0.0))
+
+def quick(bus: Bus, **kw: int) -> BlobStore:
+    return BlobStore(bus, read_retry=QUICK, **kw)
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -57,7 +58,7 @@ async def native(bus: Bus) -> ObjectStore:
     ids=["0B", "1B", "1000B", "one-chunk", "chunk+1", "3-chunks-minus-7", "40MB"],
 )
 async def test_round_trip_is_byte_identical(bus: Bus, size: int) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     data = payload(size, seed=size)
     ref = await store.put(data)
     assert ref.size == size
@@ -70,7 +71,7 @@ async def test_round_trip_is_byte_identical(bus: Bus, size: int) -> None:
 
 
 async def test_metadata_is_the_standard_object_info(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     data = payload(2 * CHUNK_SIZE + 10)
     ref = await store.put(data, MediaInfo("image/png", 10, 20))
     assert (ref.mime, ref.width, ref.height) == ("image/png", 10, 20)
@@ -89,7 +90,7 @@ async def test_metadata_is_the_standard_object_info(bus: Bus) -> None:
 @pytest.mark.parametrize("size", [0, 5, 300_000, 3 * 1024 * 1024 + 3])
 async def test_blob_written_by_blobstore_reads_with_nats_py(bus: Bus, size: int) -> None:
     data = payload(size, seed=7)
-    ref = await BlobStore(bus).put(data)
+    ref = await quick(bus).put(data)
     result = await (await native(bus)).get(ref.name)
     assert (result.data or b"") == data
 
@@ -101,11 +102,11 @@ async def test_blob_written_by_nats_py_reads_with_blobstore(bus: Bus, size: int)
     name = f"sha256-{digest}"
     await (await native(bus)).put(name, data)
     ref = BlobRef(name=name, size=size, sha256=digest, mime="application/octet-stream", bucket=bus.names.blob_bucket)
-    assert await BlobStore(bus).get(ref) == data
+    assert await quick(bus).get(ref) == data
 
 
 async def test_same_bytes_are_stored_once(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     data = payload(3 * CHUNK_SIZE)
     first = await store.put(data)
     stored = await chunk_messages(bus, first.bucket)
@@ -117,7 +118,7 @@ async def test_same_bytes_are_stored_once(bus: Bus) -> None:
 
 
 async def test_old_copy_is_rewritten_and_its_chunks_dropped(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     data = payload(2 * CHUNK_SIZE + 1)
     ref = await store.put(data)
     old_nuid = (await (await native(bus)).get_info(ref.name)).nuid
@@ -130,17 +131,15 @@ async def test_old_copy_is_rewritten_and_its_chunks_dropped(bus: Bus) -> None:
     assert await store.get(ref) == data
 
 
-async def test_reads_across_several_batches(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(blobs_mod, "BATCH_CHUNKS", 3)
-    store = BlobStore(bus)
+async def test_reads_across_several_batches(bus: Bus) -> None:
+    store = quick(bus, batch_chunks=3)
     data = payload(10 * CHUNK_SIZE + 17)
     ref = await store.put(data)
     assert await store.get(ref) == data
 
 
-async def test_put_with_a_small_ack_window(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(blobs_mod, "WINDOW_BYTES", 1)  # one chunk in flight at a time
-    store = BlobStore(bus)
+async def test_put_with_a_small_ack_window(bus: Bus) -> None:
+    store = quick(bus, window_bytes=1)  # one chunk in flight at a time
     data = payload(5 * CHUNK_SIZE + 3)
     ref = await store.put(data)
     assert await store.get(ref) == data
@@ -149,7 +148,7 @@ async def test_put_with_a_small_ack_window(bus: Bus, monkeypatch: pytest.MonkeyP
 async def test_concurrent_puts_and_gets(bus: Bus) -> None:
     import anyio
 
-    store = BlobStore(bus)
+    store = quick(bus)
     items = [payload(CHUNK_SIZE * (i % 3) + i * 1001, seed=i) for i in range(12)]
     refs: list[BlobRef | None] = [None] * len(items)
 
@@ -176,18 +175,18 @@ async def test_missing_blob_is_a_blob_error(bus: Bus) -> None:
     digest = hashlib.sha256(b"never stored").hexdigest()
     ref = BlobRef(name=f"sha256-{digest}", size=12, sha256=digest, mime="image/png", bucket=bus.names.blob_bucket)
     with pytest.raises(BlobError, match="not found"):
-        await BlobStore(bus).get(ref)
+        await quick(bus).get(ref)
 
 
 async def test_missing_bucket_is_a_blob_error(bus: Bus) -> None:
     digest = hashlib.sha256(b"x").hexdigest()
     ref = BlobRef(name=f"sha256-{digest}", size=1, sha256=digest, mime="image/png", bucket="no_such_bucket_here")
     with pytest.raises(BlobError, match="not found"):
-        await BlobStore(bus).get(ref)
+        await quick(bus).get(ref)
 
 
 async def test_ref_that_does_not_match_the_object_is_a_blob_error(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     ref = await store.put(payload(1000))
     wrong_size = msgspec.structs.replace(ref, size=999)
     with pytest.raises(BlobError, match="corrupt"):
@@ -198,7 +197,7 @@ async def test_ref_that_does_not_match_the_object_is_a_blob_error(bus: Bus) -> N
 
 
 async def test_lost_chunk_is_a_blob_error(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     data = payload(3 * CHUNK_SIZE)
     ref = await store.put(data)
     info = await (await native(bus)).get_info(ref.name)
@@ -211,7 +210,7 @@ async def test_lost_chunk_is_a_blob_error(bus: Bus) -> None:
 
 
 async def test_all_chunks_gone_is_a_blob_error(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     ref = await store.put(payload(2 * CHUNK_SIZE))
     info = await (await native(bus)).get_info(ref.name)
     await bus.js.purge_stream(f"OBJ_{ref.bucket}", subject=f"$O.{ref.bucket}.C.{info.nuid}")
@@ -221,7 +220,7 @@ async def test_all_chunks_gone_is_a_blob_error(bus: Bus) -> None:
 
 async def test_tampered_chunk_is_a_blob_error(bus: Bus) -> None:
     """Metadata that names chunks whose bytes do not hash to its digest."""
-    store = BlobStore(bus)
+    store = quick(bus)
     data = payload(CHUNK_SIZE + 5)
     ref = await store.put(data)
     bucket = ref.bucket
@@ -246,7 +245,7 @@ async def test_tampered_chunk_is_a_blob_error(bus: Bus) -> None:
 
 
 async def test_deleted_object_is_a_blob_error(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     ref = await store.put(payload(100))
     await (await native(bus)).delete(ref.name)
     with pytest.raises(BlobError, match="not found"):
@@ -257,7 +256,7 @@ async def test_deleted_object_is_a_blob_error(bus: Bus) -> None:
 
 
 async def test_too_large_is_a_blob_error(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     store.max_bytes = 10
     with pytest.raises(BlobError, match="exceeds"):
         await store.put(b"x" * 11)
@@ -271,18 +270,18 @@ async def test_bucket_with_direct_get_disabled_still_reads(bus: Bus) -> None:
     config.allow_direct = False
     await bus.js.update_stream(config)
     try:
-        store = BlobStore(bus)
+        store = quick(bus)
         data = payload(2 * CHUNK_SIZE + 1)
         ref = await store.put(data)
         assert await store.get(ref) == data
     finally:
         config.allow_direct = True
         await bus.js.update_stream(config)
-    assert await BlobStore(bus).get(ref) == data
+    assert await quick(bus).get(ref) == data
 
 
 async def test_put_into_a_missing_bucket_is_a_blob_error(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     store.bucket = "no_such_bucket_here"
     with pytest.raises(BlobError, match="refused a chunk"):
         await store.put(b"x")
@@ -293,7 +292,7 @@ async def test_put_into_a_missing_bucket_is_a_blob_error(bus: Bus) -> None:
 async def test_a_replica_that_is_behind_is_read_again(bus: Bus) -> None:
     """A direct get answered by a lagging replica (simulated: the first metadata read finds
     nothing) does not fail the read; the next attempt gets the blob."""
-    store = BlobStore(bus)
+    store = quick(bus)
     data = payload(2 * CHUNK_SIZE + 3)
     ref = await store.put(data)
     real_info = store._info
@@ -310,7 +309,7 @@ async def test_a_replica_that_is_behind_is_read_again(bus: Bus) -> None:
 
 
 async def test_missing_blob_is_read_a_few_times_before_it_fails(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     real_info = store._info
     calls = 0
 
@@ -324,11 +323,11 @@ async def test_missing_blob_is_read_a_few_times_before_it_fails(bus: Bus) -> Non
     ref = BlobRef(name=f"sha256-{digest}", size=4, sha256=digest, mime="image/png", bucket=bus.names.blob_bucket)
     with pytest.raises(BlobError, match="not found"):
         await store.get(ref)
-    assert calls == len(blobs_mod.READ_RETRIES) + 1
+    assert calls == QUICK.tries
 
 
 async def test_puts_and_gets_share_one_reply_subscription(bus: Bus) -> None:
-    store = BlobStore(bus)
+    store = quick(bus)
     await store.get(await store.put(payload(10, seed=1)))
     subscribed = bus.nc._sid  # nats-py counts every subscribe on the connection
     for i in range(5):

@@ -15,9 +15,9 @@ from PIL import Image
 from aiimg.messages import AttemptSucceeded, BlobRef, JobCompleted, JobFailed
 from aiimg.services.app.client import Client
 from aiimg.services.domain.errors import JobError
-from aiimg.services.infra import blobs as blobs_mod
 from aiimg.services.infra.blobs import BlobStore
 from aiimg.services.infra.bus import Bus
+from aiimg.services.infra.retry import Backoff
 
 pytestmark = pytest.mark.anyio
 
@@ -82,9 +82,8 @@ async def test_the_early_read_is_what_the_client_returns_when_refs_match(bus: Bu
     assert log == [f"read {ref.name}", "completion"]
 
 
-async def test_a_failed_early_read_falls_back_to_the_completion(bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(blobs_mod, "READ_RETRIES", (0.0,))
-    client = Client(bus)
+async def test_a_failed_early_read_falls_back_to_the_completion(bus: Bus) -> None:
+    client = Client(bus, read_retry=Backoff(0.0, tries=2))
     data = png(4)
     ref = ref_for(data, bus.names.blob_bucket)  # reported before it is readable
     job_id = "res-" + uuid.uuid4().hex[:12]
@@ -108,12 +107,9 @@ async def test_a_failed_job_raises_job_error_and_leaves_no_task_behind(bus: Bus)
             await client.result(job_id, timeout=20)
 
 
-async def test_a_timeout_is_a_timeout_error_even_while_an_early_read_runs(
-    bus: Bus, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_timeout_is_a_timeout_error_even_while_an_early_read_runs(bus: Bus) -> None:
     # The reported blob is missing, so its early read is still retrying when the wait times out.
-    monkeypatch.setattr(blobs_mod, "READ_RETRIES", (0.5, 0.5))
-    client = Client(bus)
+    client = Client(bus, read_retry=Backoff(0.5, factor=1.0, tries=3))
     data = png(5)
     job_id = "res-" + uuid.uuid4().hex[:12]
 

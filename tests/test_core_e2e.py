@@ -320,7 +320,7 @@ async def test_router_never_dispatches_a_job_cancelled_before_it_ran(bus: Bus) -
 
 async def test_optimistic_write_refuses_a_stale_view(bus: Bus) -> None:
     from aiimg.messages import JobRequested
-    from aiimg.services.infra.bus import StaleView
+    from aiimg.services.domain.errors import StaleView
 
     job = "occ-" + os.urandom(4).hex()
     seq = await bus.publish(JobRequested(job_id=job, op="draw", prompt="x"))

@@ -18,7 +18,7 @@ import pytest
 from aiimg.messages import Operation
 from aiimg.services.config import Config, config_from_dict
 from aiimg.services.domain.errors import ProviderFailure
-from aiimg.services.providers._common import MAX_JSON_DEPTH, json_value
+from aiimg.services.providers._json import MAX_JSON_DEPTH, json_value
 from aiimg.services.providers.base import InputImage
 from aiimg.services.providers.catalog import load_provider
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from aiimg.services.config import Config, config_from_dict
-from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.domain.errors import UpstreamResponseError
 from aiimg.services.infra.http import (
     AiohttpTransport,
     CappedTransport,
@@ -25,6 +25,7 @@ from aiimg.services.infra.http import (
     send_read,
     upstream_client,
 )
+from aiimg.services.providers._errors import failure_for
 
 pytestmark = pytest.mark.anyio
 
@@ -241,9 +242,9 @@ async def test_stacked_unknown_or_broken_encodings_are_invalid_responses(
         await writer.drain()
 
     raw = await serve(handler)
-    with pytest.raises(ProviderFailure) as info:
+    with pytest.raises(UpstreamResponseError) as info:
         await http.get(f"http://127.0.0.1:{raw.port}/")
-    assert info.value.reason == "invalid_response", info.value
+    assert failure_for(info.value).reason == "invalid_response", info.value
 
 
 async def test_a_bodiless_answer_with_an_encoding_is_empty(serve: Start, http: httpx.AsyncClient) -> None:
@@ -272,9 +273,9 @@ async def test_the_cap_counts_decoded_bytes(serve: Start) -> None:
 
     raw = await serve(handler)
     async with upstream_client(config, 2) as client:
-        with pytest.raises(ProviderFailure) as info:
+        with pytest.raises(UpstreamResponseError) as info:
             await client.get(f"http://127.0.0.1:{raw.port}/over")
-        assert info.value.reason == "invalid_response" and "decoded" in info.value.message
+        assert failure_for(info.value).reason == "invalid_response" and "decoded" in info.value.message
         assert len((await client.get(f"http://127.0.0.1:{raw.port}/fits")).content) == cap
 
 
@@ -356,9 +357,9 @@ async def test_the_response_cap_holds_on_this_transport(serve: Start) -> None:
 
     raw = await serve(handler)
     async with upstream_client(config, 2) as client:
-        with pytest.raises(ProviderFailure) as info:
+        with pytest.raises(UpstreamResponseError) as info:
             await client.get(f"http://127.0.0.1:{raw.port}/")
-    assert info.value.reason == "invalid_response"
+    assert failure_for(info.value).reason == "invalid_response"
 
 
 async def test_a_cancelled_request_leaves_the_pool_usable(serve: Start, http: httpx.AsyncClient) -> None:

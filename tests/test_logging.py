@@ -21,7 +21,7 @@ import structlog
 
 from aiimg.services.infra.logging import Redactor, configure_logging
 from aiimg.services.infra.redaction import mask_credentials, secret_forms
-from aiimg.services.providers._common import scrub
+from aiimg.services.providers._errors import scrub
 from aiimg.services.providers._images_api import Caller
 
 KEY = "sk-test-LogKey-0123456789abcdef"

@@ -16,8 +16,9 @@ import zlib
 import pytest
 from PIL import Image, features
 
-from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.domain.errors import MediaError, ProviderFailure
 from aiimg.services.infra.media import MAX_PIXELS, inspect_image, inspect_media
+from aiimg.services.providers._errors import failure_for
 from aiimg.services.providers.local import render
 
 from .helpers import (
@@ -141,9 +142,9 @@ BROKEN: dict[str, bytes] = {
 
 @pytest.mark.parametrize("name", sorted(BROKEN))
 def test_broken_images_are_invalid_responses(name: str) -> None:
-    with pytest.raises(ProviderFailure) as err:
+    with pytest.raises(MediaError) as err:
         inspect_media(BROKEN[name])
-    assert err.value.reason == "invalid_response", err.value
+    assert err.value.kind == "invalid" and failure_for(err.value).reason == "invalid_response", err.value
     print(f"\n{name}: {err.value.message}")
 
 
@@ -156,11 +157,11 @@ def test_the_broken_samples_fool_verify() -> None:
 
 def test_over_the_pixel_limit_is_refused_naming_the_limit() -> None:
     data = bilevel_png(9000, 8000)  # 72 MP: over our 64 MP, under Pillow's own 89 MP
-    with pytest.raises(ProviderFailure) as err:
+    with pytest.raises(MediaError) as err:
         inspect_image(data)
-    assert err.value.reason == "invalid_response"
+    assert err.value.kind == "too_large" and failure_for(err.value).reason == "invalid_response"
     assert "9000x8000" in err.value.message and f"limits.max_pixels={MAX_PIXELS}" in err.value.message
-    with pytest.raises(ProviderFailure) as err:
+    with pytest.raises(MediaError) as err:
         inspect_image(photo(120, 100), max_pixels=100 * 100)
     assert "limits.max_pixels=10000" in err.value.message
 
@@ -177,7 +178,7 @@ def test_a_limit_above_pillows_is_ours() -> None:
 
 
 def test_a_bomb_header_is_refused_before_decoding() -> None:
-    with pytest.raises(ProviderFailure) as err:
+    with pytest.raises(MediaError) as err:
         inspect_image(png_header_only(30_000, 30_000))
     assert "30000x30000" in err.value.message and "limits.max_pixels" in err.value.message
 

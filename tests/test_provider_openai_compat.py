@@ -18,7 +18,7 @@ from aiimg.services.app.stack import Stack, running
 from aiimg.services.config import Config, config_from_dict
 from aiimg.services.domain.errors import ProviderFailure
 from aiimg.services.infra.bus import connect
-from aiimg.services.providers import _common
+from aiimg.services.providers._common import Cooldown
 from aiimg.services.providers.base import InputImage, Output
 from aiimg.services.providers.local import LocalProvider
 from aiimg.services.providers.openai_compat import (
@@ -380,7 +380,7 @@ async def test_edit_without_input_is_a_bad_request(upstream: FakeUpstream, http:
 
 
 class FakeClock:
-    """Stands in for the ``time`` module inside ``_common`` so the cool-down is tested without waiting."""
+    """The cool-down's clock, so it is tested without waiting."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -388,19 +388,14 @@ class FakeClock:
     def monotonic(self) -> float:
         return self.now
 
-    def time(self) -> float:
-        import time
-
-        return time.time()
-
 
 async def test_404_parks_the_operation_and_blocked_calls_do_not_renew_it(
-    fake: OpenAIImagesFake, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+    fake: OpenAIImagesFake, http: httpx.AsyncClient
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(_common, "time", clock)
     config = config_for(fake.up.url, not_found_cooldown=600.0)
     provider = OpenAICompatProvider(config)
+    provider.images.cooldown = Cooldown(clock=clock.monotonic)  # shared by images and chat mode
     fake.script = ["not_found"]
     first = await fails(provider, config, http, output="1K")
     assert first.reason == "unsupported" and first.status == 404

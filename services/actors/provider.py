@@ -24,23 +24,25 @@ from ...messages import (
     JobEvent,
     ParsedSubject,
 )
-from ..domain.errors import BlobError, BusError, ProviderFailure
+from ..domain.errors import BlobError, BusError, MediaError, ProviderFailure
 from ..domain.settings import ProviderSettings
 from ..infra.delivery import Delivery
 from ..infra.http import DownloadClient, download_client, upstream_client
 from ..infra.logging import REDACTOR, redact
 from ..infra.media import MediaInfo, check_image, check_media
+from ..infra.retry import Backoff, retrying
+from ..providers._errors import MAX_RETRY_AFTER, failure_for
 from ..providers.base import AttemptContext, InputImage, Provider
 from .ports import JobBus
 from .runtime import Heartbeats, Inbound, decoding
 
-__all__ = ("MAX_RETRY_AFTER", "ProviderActor")
+__all__ = ("MAX_RETRY_AFTER", "STORE_RETRY", "ProviderActor")
 
 log = structlog.get_logger("aiimg.provider")
 
-MAX_RETRY_AFTER = 86_400.0
-"""An upstream's retry hint is capped at a day (``inf`` included): far past ``policy.max_retry_after``,
-so the router moves to the next provider at once."""
+STORE_RETRY = Backoff(0.25, tries=5)
+"""Storing a result while the blob store does not answer (a leader election): five tries,
+0.25 s apart doubling, then the work item goes back to the queue (:meth:`ProviderActor._store`)."""
 
 
 class ProviderActor:
@@ -54,8 +56,10 @@ class ProviderActor:
         concurrency: int | None = None,
         http: httpx.AsyncClient | None = None,
         downloads: DownloadClient | None = None,
+        store_retry: Backoff = STORE_RETRY,
     ) -> None:
         self.bus = bus
+        self.store_retry = store_retry
         self.provider = provider
         self.alias = provider.alias
         cfg = bus.config
@@ -190,19 +194,20 @@ class ProviderActor:
             if REDACTOR.embedded_in(out.data):  # e.g. a gateway echoing the request into a PNG text chunk
                 raise ProviderFailure("invalid_response", "result embeds a credential")
             ref = await self._store(out.data, info)
-        except ProviderFailure as exc:
-            return self._failed(d, exc.reason, exc.message, started, status=exc.status, retry_after=exc.retry_after)
         except TimeoutError:
             return self._failed(d, "timeout", f"no result within {budget:.0f}s", started)
-        except httpx.TimeoutException:
-            return self._failed(d, "timeout", "upstream timed out", started)
-        except httpx.TransportError as exc:
-            return self._failed(d, "network", f"{type(exc).__name__}", started)
         except BusError:
             raise  # the bus, not the upstream: the handler fails and the work item comes back
         except Exception as exc:
-            log.exception("provider_bug")
-            return self._failed(d, "upstream_error", f"internal error: {type(exc).__name__}", started)
+            # What the provider, the transport or the result check raised, as a typed reason:
+            # mapped here, once (providers/_errors.py). Anything it does not know is our bug.
+            failure = failure_for(exc)
+            if failure is None:
+                log.exception("provider_bug")
+                return self._failed(d, "upstream_error", f"internal error: {type(exc).__name__}", started)
+            return self._failed(
+                d, failure.reason, failure.message, started, status=failure.status, retry_after=failure.retry_after
+            )
         elapsed = int((time.monotonic() - started) * 1000)
         log.info("attempt_succeeded", blob=ref.name, bytes=ref.size, mime=ref.mime, elapsed_ms=elapsed)
         return AttemptSucceeded(
@@ -241,9 +246,8 @@ class ProviderActor:
                 try:
                     data = await self.blobs.get(ref)
                     info = await check_image(data, max_pixels=limits.max_pixels, limiter=self._checks)
-                except (BlobError, ProviderFailure) as exc:
-                    message = exc.message if isinstance(exc, ProviderFailure) else str(exc)
-                    raise ProviderFailure("bad_request", f"input #{n}: {message}") from None
+                except (BlobError, MediaError) as exc:
+                    raise failure_for(exc, label=f"input #{n}", request=True) from None
                 image = loaded[ref] = InputImage(data, info.mime)
             inputs.append(image)
         return inputs
@@ -258,16 +262,16 @@ class ProviderActor:
                 "invalid_response",
                 f"result of {len(data)} bytes exceeds retention.max_blob_bytes={self.blobs.max_bytes}",
             )
-        delay = 0.25
-        for _ in range(5):
-            try:
-                return await self.blobs.put(data, info)
-            except BlobError as exc:
-                error = exc
-            log.warning("blob_store_unavailable", error=str(error), retry_in=delay)
-            await anyio.sleep(delay)
-            delay *= 2
-        raise BusError(f"cannot store the result: {error}")
+
+        def again(exc: BaseException, wait: float) -> None:
+            log.warning("blob_store_unavailable", error=str(exc), retry_in=wait)
+
+        try:
+            return await retrying(
+                lambda: self.blobs.put(data, info), self.store_retry, retry_on=BlobError, on_retry=again
+            )
+        except BlobError as exc:
+            raise BusError(f"cannot store the result: {exc}") from None
 
     def _failed(
         self,

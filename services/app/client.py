@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anyio
+import structlog
 from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
@@ -29,12 +30,19 @@ from ...messages import (
     placed,
 )
 from ...messages._codec import DecodeError
-from ..domain.errors import AiimgError, JobError, ProviderFailure
-from ..infra.blobs import BlobStore
-from ..infra.bus import Bus
+from ..domain.errors import AiimgError, JobError, MediaError
+from ..infra.blobs import READ_RETRY, BlobStore
+from ..infra.bus import Bus, unsubscribe
 from ..infra.media import check_image
+from ..infra.retry import Backoff
 
-__all__ = ("Client", "new_job_id")
+__all__ = ("QUIET", "Client", "new_job_id")
+
+log = structlog.get_logger("aiimg.client")
+
+QUIET = Backoff(0.05, cap=2.0)
+"""How long a follower waits for news before it reads the stored history again: 50 ms,
+doubling while nothing new arrives, at most 2 s (see :meth:`Client.follow`)."""
 
 
 def new_job_id() -> str:
@@ -44,23 +52,28 @@ def new_job_id() -> str:
 
 class Client:
     """A client of the service under ``nats.client_id``: its inputs go to its own bucket, its
-    requests and cancels to subjects that name it (which its NATS user may publish to)."""
+    requests and cancels to subjects that name it (which its NATS user may publish to).
 
-    def __init__(self, bus: Bus) -> None:
+    ``read_retry``: how a result that looks missing is read again (a replica behind);
+    ``quiet``: how often a quiet job's stored history is read again (:data:`QUIET`).
+    """
+
+    def __init__(self, bus: Bus, *, read_retry: Backoff = READ_RETRY, quiet: Backoff = QUIET) -> None:
         self.bus = bus
         self.client_id = bus.config.nats.client()
-        self.blobs = BlobStore(bus)
+        self.quiet = quiet
+        self.blobs = BlobStore(bus, read_retry=read_retry)
         """Reads any blob (results, inputs); writes nothing."""
-        self.inputs = BlobStore(bus, bus.names.input_bucket(self.client_id))
+        self.inputs = BlobStore(bus, bus.names.input_bucket(self.client_id), read_retry=read_retry)
         """This client's input images (a bucket only it writes, expiring like results)."""
         self._inputs_ready = False
 
     async def put_image(self, data: bytes) -> BlobRef:
-        """Validate and store an input image; raise ``AiimgError`` with a clear message if unusable."""
+        """Validate and store an input image; raise ``MediaError`` with a clear message if unusable."""
         try:
             info = await check_image(data, max_pixels=self.bus.config.limits.max_pixels)
-        except ProviderFailure as exc:
-            raise AiimgError(f"input image rejected: {exc.message}") from None
+        except MediaError as exc:
+            raise MediaError(exc.kind, f"input image rejected: {exc.message}") from None
         if not self._inputs_ready:
             await self.bus.ensure_object_bucket(self.inputs.bucket, ttl=self.bus.config.retention.blob_max_age)
             self._inputs_ready = True
@@ -112,12 +125,12 @@ class Client:
         read from the stream with direct gets, and a plain subscription to the job's subjects
         only says when to read again. The server routes a message to live subscribers before
         the stream has stored it, so a wake-up may find nothing new yet; the history is then
-        read again after a short quiet period (50 ms, doubling to 2 s).
+        read again after a short quiet period (``quiet``: 50 ms, doubling to 2 s).
         """
         sub = await self.bus.nc.subscribe(self.bus.names.subject("history", job_id))
         deadline = None if timeout is None else time.monotonic() + timeout
         last = 0
-        quiet = 0.05
+        idle = 0  # reads in a row that found nothing new
         try:
             while True:
                 job = await self.bus.read_job(job_id, after=last)
@@ -126,18 +139,18 @@ class Client:
                     yield entry.event
                     if entry.event.__struct_config__.tag in _TERMINAL_TAGS:
                         return
-                quiet = 0.05 if job.entries else min(quiet * 2, 2.0)
+                idle = 0 if job.entries else idle + 1
+                quiet = self.quiet.delay(idle)
                 wait = quiet if deadline is None else min(quiet, deadline - time.monotonic())
                 if wait <= 0:
                     raise TimeoutError(f"job {job_id} did not finish in time")
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(TimeoutError):  # quiet: read the stored history again
                     await sub.next_msg(timeout=wait)
                     # Drain what else arrived: one read covers all of it.
                     while sub.pending_msgs:
                         await sub.next_msg(timeout=0.01)
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await unsubscribe(sub)
 
     async def wait(self, job_id: str, timeout: float | None = None) -> TerminalEvent:
         """The job's terminal event.
@@ -147,21 +160,21 @@ class Client:
         message to live subscribers before its stream has stored it, so an event published
         just before our subscription became active may be neither delivered to us nor yet
         readable; the stored copy is therefore read again whenever the subscription has been
-        quiet for a while (50 ms, doubling to 2 s).
+        quiet for a while (``quiet``: 50 ms, doubling to 2 s).
         """
         subject = self.bus.names.subject("done", job_id)
         sub = await self.bus.nc.subscribe(subject)
         try:
             with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
-                quiet = 0.05
+                idle = 1
                 while True:
                     end = await self._stored_terminal(subject)
                     if end is not None:
                         return end
                     try:
-                        msg = await sub.next_msg(timeout=quiet)
+                        msg = await sub.next_msg(timeout=self.quiet.delay(idle))
                     except TimeoutError:
-                        quiet = min(quiet * 2, 2.0)
+                        idle += 1
                         continue
                     if self._terminal(msg.data, msg.subject) is not None:
                         # Return the first stored terminal event, not whichever arrived live.
@@ -171,8 +184,7 @@ class Client:
                         if end is not None:
                             return end
         finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            await unsubscribe(sub)
 
     async def _stored_terminal(self, subject: str) -> TerminalEvent | None:
         """The job's first stored terminal event (the one every reader agrees on), if any."""
@@ -214,8 +226,12 @@ class Client:
             async def fetch(ref: BlobRef, done: anyio.Event, out: list[bytes]) -> None:
                 try:
                     out.append(await self.blobs.get(ref))
-                except Exception:
-                    pass  # read again below, from the completion's reference, and fail there
+                except Exception as exc:
+                    # An early read only saves time: whatever went wrong, the blob is read again
+                    # below, from the completion's reference, and a failure that persists is raised there.
+                    log.info(
+                        "early_result_read_failed", job_id=job_id, blob=ref.name, error=f"{type(exc).__name__}: {exc}"
+                    )
                 finally:
                     done.set()
 
@@ -245,8 +261,7 @@ class Client:
                         await hit[1].wait()
                         data = hit[2][0] if hit[2] else None
             finally:
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                await unsubscribe(sub)
             tg.cancel_scope.cancel()
         if failure is not None:
             raise failure

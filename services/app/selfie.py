@@ -30,7 +30,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from ...messages import BlobRef
 from ..config import Config
-from ..domain.errors import AiimgError, BlobError, ProviderFailure
+from ..domain.errors import BlobError, MediaError, SelfieError
 from ..infra.blobs import BlobStore
 from ..infra.bus import Bus
 from ..infra.media import check_image
@@ -40,7 +40,6 @@ __all__ = (
     "DEFAULT_PROMPT_PREFIX",
     "ReferenceSet",
     "ReferenceStore",
-    "SelfieError",
     "looks_like_selfie",
     "selfie_prompt",
     "submit_selfie",
@@ -62,17 +61,6 @@ log = structlog.get_logger("aiimg.selfie")
 
 _SELFIE_WORDS = ("自拍", "来一张你", "来张你", "你来一张", "你来张", "看看你")
 _IMAGE_SUFFIX = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
-
-
-class SelfieError(AiimgError):
-    """Raised when a selfie cannot be requested: the feature is off or no portrait is set.
-
-    ``code`` is ``disabled`` or ``no_references``; front ends map it to their own text.
-    """
-
-    def __init__(self, code: Literal["disabled", "no_references"], message: str) -> None:
-        self.code = code
-        super().__init__(message)
 
 
 def looks_like_selfie(prompt: str) -> bool:
@@ -218,8 +206,8 @@ class ReferenceStore:
             try:
                 # Magic bytes, the pixel limit, placeholders, a full decode.
                 info = await check_image(data, max_pixels=self.bus.config.limits.max_pixels)
-            except ProviderFailure as exc:
-                raise AiimgError(f"reference image rejected: {exc.message}") from None
+            except MediaError as exc:
+                raise MediaError(exc.kind, f"reference image rejected: {exc.message}") from None
             refs.append(await self._blobs.put(data, info))
         kv = await self.bus.kv()
         await kv.put(self._key(bot_id), msgspec.json.encode(_RefIndex(refs=refs)))
@@ -229,7 +217,7 @@ class ReferenceStore:
         """Forget ``bot_id``'s references; returns how many there were."""
         count = len(await self.refs(bot_id))
         kv = await self.bus.kv()
-        with contextlib.suppress(KeyNotFoundError, NotFoundError):
+        with contextlib.suppress(KeyNotFoundError, NotFoundError):  # none set: nothing to forget
             await kv.delete(self._key(bot_id))
         return count
 

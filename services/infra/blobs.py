@@ -46,11 +46,12 @@ from nats.nuid import NUID
 from ...messages import BlobRef, Names
 from ..domain.errors import BlobError
 from .media import MediaInfo, sniff_mime
+from .retry import Backoff, retrying
 
 if TYPE_CHECKING:  # the bus builds these; a runtime import would be a cycle
     from .bus import Bus
 
-__all__ = ("CHUNK_SIZE", "WINDOW_BYTES", "BlobStore")
+__all__ = ("BATCH_CHUNKS", "CHUNK_SIZE", "READ_RETRY", "WINDOW_BYTES", "BlobStore")
 
 log = structlog.get_logger("aiimg.blobs")
 
@@ -69,8 +70,8 @@ BATCH_CHUNKS = 256
 THREAD_HASH_BYTES = 1024 * 1024
 """Blobs at least this large are hashed on a worker thread, overlapping with the transfer."""
 
-READ_RETRIES = (0.05, 0.2, 0.5)
-"""Seconds to wait before reading a missing-looking blob again (see :meth:`BlobStore.get`)."""
+READ_RETRY = Backoff(0.05, factor=4.0, cap=0.5, tries=4)
+"""Reading a missing-looking blob again: three more tries, after 0.05, 0.2 and 0.5 s (see :meth:`BlobStore.get`)."""
 
 _DIGEST_PREFIX = "SHA-256="
 _STATUS_END = frozenset({"204", "404"})
@@ -109,12 +110,28 @@ class BlobStore:
     chunks of an upload it abandons (a failure, or content already stored). Only a
     bucket's sole owner may purge (a purge right covers the whole bucket); elsewhere such
     chunks are left to the bucket's TTL, and a debug line says so.
+
+    ``read_retry`` is how a blob that looks missing is read again (:data:`READ_RETRY`);
+    ``batch_chunks`` and ``window_bytes`` bound a get's batches and a put's unacknowledged
+    bytes (:data:`BATCH_CHUNKS`, :data:`WINDOW_BYTES`).
     """
 
-    def __init__(self, bus: Bus, bucket: str | None = None, *, purge: bool = True) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        bucket: str | None = None,
+        *,
+        purge: bool = True,
+        read_retry: Backoff = READ_RETRY,
+        batch_chunks: int = BATCH_CHUNKS,
+        window_bytes: int = WINDOW_BYTES,
+    ) -> None:
         self.bus = bus
         self.bucket = bucket or bus.names.blob_bucket
         self.purge = purge
+        self.read_retry = read_retry
+        self.batch_chunks = max(1, batch_chunks)
+        self.window_bytes = window_bytes
         self.max_bytes = bus.config.retention.max_blob_bytes
         self.max_age = bus.config.retention.blob_max_age
         self._nuid = NUID()
@@ -133,7 +150,7 @@ class BlobStore:
         chunk_size = self._chunk_size()
         hasher = _Hasher(threaded=size >= THREAD_HASH_BYTES)
         chunks = 0
-        acks = _Acks(self._inbox, window=max(WINDOW_BYTES, chunk_size))
+        acks = _Acks(self._inbox, window=max(self.window_bytes, chunk_size))
         try:
             if size:
                 await acks.start()
@@ -213,16 +230,16 @@ class BlobStore:
 
         On a JetStream cluster direct gets may be answered by a replica that has not yet
         applied the newest writes, so a blob that looks missing or short right after it
-        was stored is read again a few times (:data:`READ_RETRIES`) before it counts as lost.
+        was stored is read again a few times (``read_retry``) before it counts as lost.
         """
-        for delay in (*READ_RETRIES, None):
-            try:
-                return await self._get_once(ref)
-            except _Stale as exc:
-                if delay is None:
-                    raise BlobError(str(exc)) from None
-                await anyio.sleep(delay)
-        raise AssertionError("unreachable")
+
+        def again(exc: BaseException, wait: float) -> None:
+            log.debug("blob_read_again", blob=ref.name, error=str(exc), retry_in=wait)
+
+        try:
+            return await retrying(lambda: self._get_once(ref), self.read_retry, retry_on=_Stale, on_retry=again)
+        except _Stale as exc:
+            raise BlobError(str(exc)) from None
 
     async def _get_once(self, ref: BlobRef) -> bytes:
         bucket = ref.bucket or self.bucket
@@ -332,7 +349,7 @@ class BlobStore:
             while received < info.size:
                 before = received
                 batch_done = anyio.Event()
-                request = {"seq": next_seq, "next_by_subj": chunk_subject, "batch": min(info.chunks, BATCH_CHUNKS)}
+                request = {"seq": next_seq, "next_by_subj": chunk_subject, "batch": min(info.chunks, self.batch_chunks)}
                 await nc.publish(f"$JS.API.DIRECT.GET.OBJ_{bucket}", json.dumps(request).encode(), reply=inbox)
                 with anyio.move_on_after(self._timeout(info.size)) as scope:
                     await batch_done.wait()
@@ -415,11 +432,13 @@ class _Hasher:
 
 
 class _Stale(Exception):
-    """Missing metadata or chunks: gone, or (on a cluster) a replica that is behind."""
+    """Missing metadata or chunks: gone, or (on a cluster) a replica that is behind.
+
+    A signal inside :meth:`BlobStore.get`, never raised out of it (it becomes ``BlobError``)."""
 
 
 class _NoDirectGet(Exception):
-    """The bucket's stream does not answer direct gets."""
+    """The bucket's stream does not answer direct gets: a signal inside ``BlobStore.get`` only."""
 
 
 class _Inbox:

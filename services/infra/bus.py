@@ -11,10 +11,8 @@ Layout (names from :class:`messages.Names`):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -44,12 +42,14 @@ from ...messages import (
 )
 from ...messages._subjects import Kind
 from ..domain.config import ConfigBase, NatsConfig
-from ..domain.errors import BusError
+from ..domain.errors import BusError, StaleView
 from ..domain.state import JobState, fold
 from .blobs import BlobStore
 from .embedded import Credentials
 from .pull import Handler, PullConsumer
+from .retry import Backoff, retrying
 
+# StaleView is defined in domain.errors with every other error; actors/router.py still imports it from here.
 __all__ = (
     "MSG_ID",
     "Bus",
@@ -60,16 +60,13 @@ __all__ = (
     "connect",
     "consumer_configs",
     "consumer_drift",
+    "unsubscribe",
 )
 
 MSG_ID = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 EXPECTED_LAST_SUBJECT_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 """nats-server 2.11+: compare the last seq of a wildcard subject (a whole job), not one subject."""
-
-
-class StaleView(BusError):
-    """Raised when an optimistic write finds the job has events the writer has not seen."""
 
 
 ROUTER_FILTERS: tuple[Kind, ...] = ("requested", "cancel", "attempt")
@@ -132,6 +129,11 @@ class JobLog:
 
     def folded(self, job_id: str) -> JobState:
         return fold(job_id, ((e.writer, e.event) for e in self.entries))
+
+
+class _LayoutMissing(Exception):
+    """What of the layout is still missing: a signal inside :meth:`Bus.ensure_layout`, which
+    raises ``BusError`` once it stops waiting."""
 
 
 def consumer_configs(names: Names, config: ConfigBase) -> list[js_api.ConsumerConfig]:
@@ -223,14 +225,20 @@ class Bus:
     _kv: KeyValue | None = field(default=None, repr=False)
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.nc.drain()
-        with contextlib.suppress(Exception):
-            await self.nc.close()
+        """Drain the connection (pending writes flushed, subscriptions ended), then close it.
+
+        Closing runs on every way out, failures included, so it never raises over the caller's
+        own exit: a connection that is already closed, draining or broken is logged and left.
+        """
+        for step, call in (("drain", self.nc.drain), ("close", self.nc.close)):
+            try:
+                await call()
+            except Exception as exc:  # nats-py raises its own errors, OSError or TimeoutError here
+                log.info("nats_close_step_failed", step=step, error=f"{type(exc).__name__}: {exc}")
 
     # ---- layout -------------------------------------------------------------
 
-    async def ensure_layout(self, *, wait: float = 30.0) -> None:
+    async def ensure_layout(self, *, wait: float = 30.0, every: float = 1.0) -> None:
         """Create or update the stream, consumers and buckets. Safe to call from every process.
 
         Reads first and writes only what is missing or changed, so an actor whose NATS
@@ -238,11 +246,11 @@ class Bus:
         starts as soon as the layout exists. Creation is checked by reading the layout
         back: on a JetStream cluster a create can fail transiently (no meta leader yet, a
         peer restarting), and such a failure used to be swallowed, leaving a process
-        running without its blob bucket. Retries for up to ``wait`` seconds, then raises
-        :class:`BusError` saying what is missing.
+        running without its blob bucket. Looks again ``every`` second for up to ``wait`` seconds,
+        then raises :class:`BusError` saying what is missing.
         """
-        deadline = time.monotonic() + wait
-        while True:
+
+        async def once() -> None:
             missing = await self._layout_missing()
             if not missing:
                 return
@@ -255,13 +263,18 @@ class Bus:
             else:
                 if not await self._layout_missing():
                     return
-            if time.monotonic() >= deadline:
-                raise BusError(
-                    f"JetStream layout not ready: {missing}. Is JetStream enabled? With per-actor "
-                    "permissions the router creates the layout: start it first"
-                )
-            log.info("layout_not_ready", missing=missing)
-            await anyio.sleep(1.0)
+            raise _LayoutMissing(missing)
+
+        def again(exc: BaseException, wait: float) -> None:
+            log.info("layout_not_ready", missing=str(exc), retry_in=wait)
+
+        try:
+            await retrying(once, Backoff(every, factor=1.0, within=wait), retry_on=_LayoutMissing, on_retry=again)
+        except _LayoutMissing as exc:
+            raise BusError(
+                f"JetStream layout not ready: {exc}. Is JetStream enabled? With per-actor "
+                "permissions the router creates the layout: start it first"
+            ) from None
 
     async def _layout_missing(self) -> str:
         """What of the layout is missing or differs from this config ('' when complete)."""
@@ -571,10 +584,7 @@ class _Subscription(Subscription):
         self._sub = sub
 
     async def close(self) -> None:
-        try:
-            await self._sub.unsubscribe()
-        except NatsError as exc:  # the connection is already gone, and the subscription with it
-            log.debug("unsubscribe_skipped", error=type(exc).__name__)
+        await unsubscribe(self._sub)
 
 
 _READ_SIZE = 256 * 1024
@@ -626,12 +636,25 @@ async def connect(config: ConfigBase, url: str | None = None, *, credentials: Cr
         with anyio.fail_after(10.0 + 5.0 * len(opts["servers"])):
             await nc.connect(**opts, connect_timeout=5, error_cb=on_error)
     except Exception as exc:  # nats-py raises several unrelated types here
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await nc.close()
+        with anyio.CancelScope(shield=True):
+            try:
+                await nc.close()
+            except Exception as close_exc:  # the connect failed already; that is the error raised below
+                log.debug("nats_close_after_failed_connect", error=f"{type(close_exc).__name__}: {close_exc}")
         why = seen[-1] if seen else f"{type(exc).__name__}: {exc}"
         raise BusError(f"cannot connect to NATS: {why}") from None
     nc.options["max_reconnect_attempts"] = -1
     return Bus(nc=nc, js=nc.jetstream(timeout=10), names=Names(cfg.prefix), config=config)
+
+
+async def unsubscribe(sub: NatsSubscription) -> None:
+    """Drop ``sub`` on the way out. A connection that is closed, draining or gone took its
+    subscriptions along: nats-py's refusal then is logged at debug level, not raised over
+    whatever the caller is leaving with."""
+    try:
+        await sub.unsubscribe()
+    except NatsError as exc:
+        log.debug("unsubscribe_skipped", subject=sub.subject, error=type(exc).__name__)
 
 
 async def _on_error(exc: Exception) -> None:

@@ -179,6 +179,7 @@ class EmbeddedServer:
 
 
 def _tail(path: Path, lines: int = 5) -> str:
-    with contextlib.suppress(OSError):
+    """The end of the server's log for an error message; none if the server never wrote one."""
+    with contextlib.suppress(OSError):  # no log file (the server died first): the message says less
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     return ""

@@ -39,7 +39,7 @@ from httpx._types import AuthTypes
 from yarl import URL
 
 from ..domain.config import ConfigBase
-from ..domain.errors import ProviderFailure
+from ..domain.errors import AddressRefused, BadEncoding, HostUnresolved, ResponseTooLarge
 
 __all__ = (
     "ACCEPT_ENCODING",
@@ -91,7 +91,7 @@ class _CappedStream(httpx.AsyncByteStream):
         async for chunk in self._inner:
             total += len(chunk)
             if total > self._limit:
-                raise ProviderFailure("invalid_response", f"upstream response exceeds {self._limit} bytes")
+                raise ResponseTooLarge(f"upstream response exceeds {self._limit} bytes")
             yield chunk
 
     async def aclose(self) -> None:
@@ -131,19 +131,17 @@ class _Inflater:
                 if not data:
                     return
                 if not self._gzip:
-                    raise ProviderFailure("invalid_response", "upstream sent bytes after the end of its deflate body")
+                    raise BadEncoding("upstream sent bytes after the end of its deflate body")
                 z = self._z = zlib.decompressobj(_GZIP)  # the next member
             try:
                 out = z.decompress(data, DECODE_CHUNK)
             except zlib.error:
-                raise ProviderFailure("invalid_response", "upstream body is not valid gzip/deflate data") from None
+                raise BadEncoding("upstream body is not valid gzip/deflate data") from None
             data = z.unconsumed_tail
             if out:
                 self.total += len(out)
                 if self.total > self._limit:
-                    raise ProviderFailure(
-                        "invalid_response", f"upstream response exceeds {self._limit} bytes once decoded"
-                    )
+                    raise ResponseTooLarge(f"upstream response exceeds {self._limit} bytes once decoded")
                 yield out
             # Output may still be pending inside zlib when a call filled its max_length.
             if not data and len(out) < DECODE_CHUNK and not z.eof:
@@ -154,7 +152,7 @@ class _Inflater:
             return
         yield from self.feed(b"")
         if self._z is None or not self._z.eof:
-            raise ProviderFailure("invalid_response", "upstream compressed body ends early")
+            raise BadEncoding("upstream compressed body ends early")
 
 
 class _DecodedStream(httpx.AsyncByteStream):
@@ -170,7 +168,7 @@ class _DecodedStream(httpx.AsyncByteStream):
         async for chunk in self._inner:
             wire += len(chunk)
             if wire > self._limit:
-                raise ProviderFailure("invalid_response", f"upstream response exceeds {self._limit} bytes")
+                raise ResponseTooLarge(f"upstream response exceeds {self._limit} bytes")
             for out in self._inflater.feed(chunk):
                 yield out
         for out in self._inflater.finish(wire):
@@ -186,7 +184,7 @@ def _content_encodings(headers: httpx.Headers) -> list[str]:
 
 
 class CappedTransport(httpx.AsyncBaseTransport):
-    """Refuses response bodies over ``limit`` bytes — counted after decoding — as ``invalid_response``.
+    """Refuses response bodies over ``limit`` bytes — counted after decoding — with ``ResponseTooLarge``.
 
     Providers read JSON answers whole (``response.json()``); without a cap one upstream
     answering 200 MB (or endless bytes) would hold that much memory per attempt, times
@@ -195,8 +193,8 @@ class CappedTransport(httpx.AsyncBaseTransport):
     The cap holds for what the body *becomes*: a ``gzip`` or ``deflate`` body is decoded
     here, in bounded steps (:class:`_Inflater`), and handed on without its
     ``content-encoding`` header so httpx does not decode it again. Any other encoding, or
-    more than one (``gzip, gzip``: 2 KB → 1 MB → 1 GiB), is refused before a byte is
-    decoded; clients of this transport ask only for ``gzip, deflate``
+    more than one (``gzip, gzip``: 2 KB → 1 MB → 1 GiB), is refused (``BadEncoding``) before
+    a byte is decoded; clients of this transport ask only for ``gzip, deflate``
     (:data:`ACCEPT_ENCODING`).
     """
 
@@ -211,14 +209,10 @@ class CappedTransport(httpx.AsyncBaseTransport):
             encodings = _content_encodings(response.headers)
             if len(encodings) > 1 or (encodings and encodings[0] not in ("gzip", "x-gzip", "deflate")):
                 named = ", ".join(encodings)[:60]
-                raise ProviderFailure(
-                    "invalid_response", f"upstream answered with content-encoding {named!r}; only gzip or deflate, once"
-                )
+                raise BadEncoding(f"upstream answered with content-encoding {named!r}; only gzip or deflate, once")
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self._limit:
-                raise ProviderFailure(
-                    "invalid_response", f"upstream response of {declared} bytes exceeds {self._limit}"
-                )
+                raise ResponseTooLarge(f"upstream response of {declared} bytes exceeds {self._limit}")
         except BaseException:
             await response.aclose()
             raise
@@ -382,20 +376,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = None
 
 
-async def read_body(response: httpx.Response, limit: int | None = None, *, label: str = "upstream") -> bytes:
+async def read_body(response: httpx.Response, limit: int | None = None) -> bytes:
     """Read a streamed ``response``'s (decoded) body into one buffer, keep it as ``response.content``, close it.
 
     ``Response.aread`` collects chunks in a list and joins them: the body twice at the
     peak. Here the chunks go into one growing ``BytesIO``, whose ``getvalue()`` hands its
     buffer over without a copy, so a body of N bytes costs about N (measured in
-    ``tests/reliability/test_response_memory.py``). ``limit`` refuses longer bodies as
-    ``invalid_response`` while they stream.
+    ``tests/reliability/test_response_memory.py``). ``limit`` refuses longer bodies
+    (``ResponseTooLarge``) while they stream.
     """
     buf = io.BytesIO()
     try:
         async for chunk in response.aiter_bytes():
             if limit is not None and buf.tell() + len(chunk) > limit:
-                raise ProviderFailure("invalid_response", f"{label}: body exceeds the {limit}-byte cap")
+                raise ResponseTooLarge(f"body exceeds the {limit}-byte cap")
             buf.write(chunk)
     finally:
         await response.aclose()
@@ -538,8 +532,8 @@ def _local_name(name: str) -> bool:
     return name in ("localhost", "localhost.localdomain") or name.endswith(".localhost")
 
 
-def _refused(what: str) -> ProviderFailure:
-    return ProviderFailure("invalid_response", f"refusing a private address: {what}")
+def _refused(what: str) -> AddressRefused:
+    return AddressRefused(f"refusing a private address: {what}")
 
 
 class AddressGuard:
@@ -570,7 +564,7 @@ class AddressGuard:
     async def addresses(self, host: str) -> list[str]:
         """The addresses to connect to for ``host``, every one of them checked; refuses otherwise.
 
-        A name that does not resolve is refused (``network``): fail closed.
+        A name that does not resolve is refused (``HostUnresolved``): fail closed.
         """
         name = host.strip("[]").rstrip(".").lower()
         if self.check_literal(name):
@@ -580,9 +574,9 @@ class AddressGuard:
         try:
             answers = list(await self._resolve(name))
         except OSError as exc:
-            raise ProviderFailure("network", f"cannot resolve {shown} ({type(exc).__name__}); not fetched") from None
+            raise HostUnresolved(f"cannot resolve {shown} ({type(exc).__name__}); not fetched") from None
         if not answers:
-            raise ProviderFailure("network", f"cannot resolve {shown} (no address); not fetched")
+            raise HostUnresolved(f"cannot resolve {shown} (no address); not fetched")
         out: list[str] = []
         for answer in answers:
             try:
@@ -622,7 +616,7 @@ class GuardedResolver(aiohttp.abc.AbstractResolver):
                     )
                 )
         if not out:
-            raise ProviderFailure("network", f"cannot resolve {host[:80]} (no address of the wanted family)")
+            raise HostUnresolved(f"cannot resolve {host[:80]} (no address of the wanted family)")
         return out
 
     async def close(self) -> None:

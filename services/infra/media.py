@@ -38,7 +38,7 @@ from collections.abc import Callable
 import anyio
 from PIL import BmpImagePlugin, GifImagePlugin, ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
-from ..domain.errors import ProviderFailure
+from ..domain.errors import MediaError
 
 __all__ = (
     "MAX_PIXELS",
@@ -139,24 +139,22 @@ if (_avif_opener := _avif()) is not None:
 def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> ImageFile.ImageFile:
     """The image's header, read and checked against ``max_pixels``; no pixel is decoded yet.
 
-    Raises ``ProviderFailure("invalid_response")`` for an unknown format, an unreadable
-    header or a size over the limit. The caller decodes (``load()``, ``convert()``) and closes.
+    Raises ``MediaError`` (``invalid`` for an unknown format or an unreadable header,
+    ``too_large`` for a size over the limit). The caller decodes (``load()``, ``convert()``) and closes.
     """
     mime = sniff_mime(data)
     opener = _OPENERS.get(mime or "")
     if opener is None:
         what = f"{mime} images are not supported" if mime and mime.startswith("image/") else "not a known image format"
-        raise ProviderFailure("invalid_response", what)
+        raise MediaError("invalid", what)
     try:
         img = opener(io.BytesIO(data))
-    except Exception as exc:
-        raise ProviderFailure("invalid_response", f"image cannot be decoded ({_why(exc)})") from None
+    except Exception as exc:  # Pillow's plugins raise many types for a bad header: all mean "not decodable"
+        raise MediaError("invalid", f"image cannot be decoded ({_why(exc)})") from None
     width, height = img.size
     if width * height > max_pixels:
         img.close()
-        raise ProviderFailure(
-            "invalid_response", f"image too large ({width}x{height} pixels > limits.max_pixels={max_pixels})"
-        )
+        raise MediaError("too_large", f"image too large ({width}x{height} pixels > limits.max_pixels={max_pixels})")
     return img
 
 
@@ -165,22 +163,23 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     try:
         with open_image(data, max_pixels=1 << 62) as img:
             return img.size
-    except ProviderFailure:
+    except MediaError:
         return None
 
 
 def inspect_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_bytes: int = 129) -> MediaInfo:
     """Validate image bytes: format, pixel limit, placeholder, and a full decode.
 
-    Raises ``ProviderFailure`` (``no_image`` for a placeholder, ``invalid_response`` for the
-    rest; callers checking inputs rather than results re-raise it as ``bad_request``).
+    Raises ``MediaError``: ``no_image`` for a placeholder, ``too_large`` over the pixel limit,
+    ``invalid`` for the rest. What that means depends on the caller: a result's failure
+    (``no_image``, ``invalid_response``) or a bad input (``bad_request``).
     """
     if len(data) < min_bytes:
-        raise ProviderFailure("no_image", f"placeholder image ({len(data)} bytes)")
+        raise MediaError("no_image", f"placeholder image ({len(data)} bytes)")
     with open_image(data, max_pixels=max_pixels) as img:
         width, height = img.size
         if width <= 1 or height <= 1:
-            raise ProviderFailure("no_image", f"placeholder image ({width}x{height})")
+            raise MediaError("no_image", f"placeholder image ({width}x{height})")
         mime = sniff_mime(data) or ""
         try:
             if mime == "image/png":
@@ -191,10 +190,10 @@ def inspect_image(data: bytes, *, max_pixels: int = MAX_PIXELS, min_bytes: int =
                 img.load()
             else:
                 img.load()
-        except ProviderFailure:
+        except MediaError:
             raise
-        except Exception as exc:
-            raise ProviderFailure("invalid_response", f"image cannot be decoded ({_why(exc)})") from None
+        except Exception as exc:  # Pillow and its codecs raise many types for broken data: all mean "not decodable"
+            raise MediaError("invalid", f"image cannot be decoded ({_why(exc)})") from None
     return MediaInfo(mime, width, height)
 
 
@@ -204,9 +203,9 @@ def inspect_media(data: bytes, *, video: bool = False, max_pixels: int = MAX_PIX
         return inspect_image(data, max_pixels=max_pixels)
     mime = sniff_mime(data)
     if mime not in ("video/mp4", "video/webm", "video/quicktime"):
-        raise ProviderFailure("invalid_response", "result is not an mp4/webm/mov video")
+        raise MediaError("invalid", "result is not an mp4/webm/mov video")
     if len(data) < 1024:
-        raise ProviderFailure("no_image", f"video too small ({len(data)} bytes)")
+        raise MediaError("no_image", f"video too small ({len(data)} bytes)")
     return MediaInfo(mime)
 
 
@@ -235,8 +234,8 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 """Adam7 passes: x0, y0, dx, dy."""
 
 
-def _bad(why: str) -> ProviderFailure:
-    return ProviderFailure("invalid_response", f"image cannot be decoded (PNG {why})")
+def _bad(why: str) -> MediaError:
+    return MediaError("invalid", f"image cannot be decoded (PNG {why})")
 
 
 def _scanlines(width: int, height: int, bits_per_pixel: int, interlaced: bool) -> list[tuple[int, int, int]]:
@@ -255,7 +254,7 @@ def _scanlines(width: int, height: int, bits_per_pixel: int, interlaced: bool) -
 
 
 def check_png_stream(data: bytes) -> None:
-    """Raise ``ProviderFailure`` unless ``data``'s image data is complete and decodable.
+    """Raise ``MediaError`` unless ``data``'s image data is complete and decodable.
 
     Walks the chunks (each CRC checked) up to IEND, inflates the IDAT stream in
     :data:`INFLATE_PIECE` pieces and checks that it ends, that it holds exactly the

@@ -21,7 +21,8 @@ import httpx
 
 from ..domain.errors import ProviderFailure
 from ..infra.media import image_size
-from ._common import b64_text, download, short
+from ._common import b64_text, download
+from ._errors import short
 from ._images_api import Caller, ImagesAPI, decode_image, openai_failure
 from .base import AttemptContext, InputImage, Output
 

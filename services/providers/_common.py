@@ -1,5 +1,5 @@
-"""Pieces every HTTP provider shares: URL normalisation, key rotation, error mapping,
-strict base64, safe downloads and the 404 cool-down.
+"""Pieces every HTTP provider shares: URL normalisation, key rotation, strict base64, safe
+downloads and the 404 cool-down. (Errors: ``_errors``; JSON: ``_json``.)
 
 Provider modules stay small by composing these; nothing here knows one upstream.
 """
@@ -8,43 +8,33 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import anyio
 import httpx
-import msgspec
 import pybase64
 
-from ...messages import Reason
 from ..domain.config import NetworkConfig
-from ..domain.errors import ConfigError, ProviderFailure
+from ..domain.errors import AddressRefused, ConfigError, HostUnresolved, ProviderFailure, UpstreamResponseError
 from ..infra.http import DownloadClient, read_body
-from ..infra.logging import redact
-from ..infra.redaction import mask_forms
+from ._errors import failure_for, http_failure
 
 __all__ = (
     "Cooldown",
     "KeyRing",
+    "b64_text",
+    "b64decode_strict",
     "decode_base64",
     "download",
     "each_key",
-    "failure_from_response",
     "image_from_item",
-    "json_body",
-    "json_value",
+    "join",
     "normalize_gemini_base",
     "normalize_openai_base",
-    "parse_json",
-    "retry_after_seconds",
-    "scrub",
-    "short",
 )
 
 # ---- URLs -------------------------------------------------------------------------
@@ -152,222 +142,6 @@ async def each_key(ring: KeyRing, call: Callable[[int, str], Awaitable[_T]], *, 
     raise ProviderFailure("auth", f"{last.message}; every {noun} was rejected ({listed})", status=last.status) from None
 
 
-# ---- responses ------------------------------------------------------------------------
-
-
-def scrub(text: str, *secrets: str) -> str:
-    """``text`` with the given secrets (and every registered one) replaced by ``***``, in every
-    form an upstream echoes them in (raw, URL-encoded, base64 at any offset, JSON-escaped).
-
-    For messages built from upstream bodies, which may echo a key or cookie back; the
-    process-wide redactor only knows secrets registered at start, so callers pass the
-    key of the call at hand explicitly.
-    """
-    return redact(mask_forms(text, secrets))
-
-
-def short(text: str, limit: int = 200) -> str:
-    """One line, redacted, at most ``limit`` characters."""
-    one = " ".join(redact(text).split())
-    return one if len(one) <= limit else one[: limit - 1] + "…"
-
-
-MAX_RETRY_AFTER = 86_400.0
-"""A retry hint longer than a day (``inf``, ``1e400``) is read as a day: finite, and far past any
-``policy.max_retry_after``, so the router moves on at once."""
-
-
-def _hint(seconds: float) -> float:
-    if math.isnan(seconds):
-        return 0.0
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float:
-    """Seconds from ``Retry-After`` (delta or HTTP date) or ``retry-after-ms``; 0 when absent.
-
-    Always a finite number in ``[0, MAX_RETRY_AFTER]``, whatever the header says.
-    """
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return _hint(float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return 0.0
-    try:
-        return _hint(float(value))
-    except ValueError:
-        try:
-            return _hint(parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError, OverflowError):
-            return 0.0
-
-
-_POLICY_WORDS = re.compile(
-    r"moderation|content[ _-]?policy|safety|sensitive|nsfw|prohibited|inappropriate|violat|blocked",
-    re.IGNORECASE,
-)
-_QUOTA_WORDS = re.compile(r"quota|rate[ _-]?limit|too many requests|resource[ _]exhausted", re.IGNORECASE)
-
-
-def error_text(body: Any) -> str:
-    """The human message inside an error body of the usual shapes (OpenAI, Gemini, Gitee, Ark)."""
-    if isinstance(body, dict):
-        err = body.get("error", body)
-        if isinstance(err, dict):
-            for key in ("message", "msg", "description", "detail", "code", "status"):
-                if isinstance(err.get(key), str) and err[key]:
-                    return str(err[key])
-        if isinstance(err, str):
-            return err
-        for key in ("message", "msg", "detail"):
-            if isinstance(body.get(key), str):
-                return str(body[key])
-    if body is None:
-        return ""
-    try:
-        return json.dumps(body, ensure_ascii=False)[:300]
-    except (RecursionError, TypeError, ValueError):
-        # Only a value no upstream JSON decoder here produces (they bound the depth); still typed.
-        raise ProviderFailure("invalid_response", "error body is not plain JSON (nested too deeply?)") from None
-
-
-def failure_from_response(
-    label: str, response: httpx.Response, *, key_index: int = 0, body: Any = None
-) -> ProviderFailure:
-    """Map an HTTP error response to a typed failure. Providers refine upstream-specific shapes first."""
-    status = response.status_code
-    if body is None:
-        try:
-            body = json_body(label, response)
-        except ValueError:
-            body = response.text
-    text = error_text(body) if not isinstance(body, str) else body
-    msg = short(text) or response.reason_phrase
-    reason: Reason
-    if status in (401, 403):
-        reason = "auth"
-        msg = f"key #{key_index} rejected ({status})" if key_index else f"authentication failed ({status})"
-    elif status == 429 or _QUOTA_WORDS.search(text):
-        reason = "rate_limited"
-    elif _POLICY_WORDS.search(text):
-        reason = "content_policy"
-    elif status == 404:
-        reason = "unsupported"
-    elif status in (408, 504, 524):
-        reason = "timeout"
-    elif 400 <= status < 500:
-        reason = "bad_request"
-    else:
-        reason = "upstream_error"
-    return ProviderFailure(
-        reason, f"{label} HTTP {status}: {msg}", status=status, retry_after=retry_after_seconds(response.headers)
-    )
-
-
-def check_json_reply(label: str, response: httpx.Response) -> None:
-    """Raise ``invalid_response`` for a 2xx answer that is an HTML page or empty."""
-    ctype = response.headers.get("content-type", "")
-    text_head = response.content[:64].lstrip().lower()
-    if "html" in ctype or text_head.startswith((b"<!doctype", b"<html")):
-        raise ProviderFailure(
-            "invalid_response", f"{label} returned an HTML page instead of JSON", status=response.status_code
-        )
-    if not response.content[:4096].strip() and not response.content.strip():
-        raise ProviderFailure("invalid_response", f"{label} returned an empty body", status=response.status_code)
-
-
-MAX_JSON_DEPTH = 64
-"""Deepest nesting accepted in an upstream JSON body. Real replies are under 10 levels; a
-5,000-deep body (10 KB) used to raise ``RecursionError`` in the decoder — a ``provider_bug``
-whose logged traceback held the key — and a body just under the decoder's limit would raise
-it later, in whatever walks it (``json.dumps``, ``repr``, the log redactor)."""
-
-
-def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True when containers in ``value`` nest deeper than ``limit``. Iterative; only containers
-    are visited, so a ``b64_json`` reply (a few dicts, one long string) costs microseconds."""
-    if type(value) is not dict and type(value) is not list:
-        return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        container, depth = stack.pop()
-        for child in container.values() if type(container) is dict else container:
-            kind = type(child)
-            if kind is dict or kind is list:
-                if depth >= limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
-
-
-def _nested_too_deeply(label: str, status: int) -> ProviderFailure:
-    return ProviderFailure(
-        "invalid_response", f"{label} returned JSON nested deeper than {MAX_JSON_DEPTH} levels", status=status
-    )
-
-
-def json_value(label: str, content: bytes | str, *, status: int = 0) -> Any:
-    """Decode a JSON body: the value, ``ValueError`` when it is not JSON, and
-    ``ProviderFailure(invalid_response)`` when it nests deeper than :data:`MAX_JSON_DEPTH`."""
-    try:
-        # msgspec parses straight from the bytes: ``response.json()`` would first decode the
-        # whole body into a str and then copy every string out of it — for a 4K ``b64_json``
-        # answer that is two extra copies of ~35 MB (docs/benchmarks.md, memory figure).
-        value = msgspec.json.decode(content)
-    except RecursionError:
-        raise _nested_too_deeply(label, status) from None
-    except (msgspec.DecodeError, ValueError) as exc:
-        raise ValueError(str(exc)) from None
-    if _too_deep(value):
-        raise _nested_too_deeply(label, status)
-    return value
-
-
-def json_body(label: str, response: Any) -> Any:
-    """``response.json()`` for error bodies and polls, with the depth bound of :func:`json_value`.
-
-    Like ``httpx.Response.json`` it raises ``ValueError`` for a body that is not JSON (callers
-    then use the text), and like :func:`parse_json` ``invalid_response`` for one nested too deeply.
-    """
-    content = response.content
-    try:
-        return json_value(label, content, status=response.status_code)
-    except ValueError:
-        pass
-    # Not UTF-8 JSON for msgspec: the stdlib decoder also takes UTF-16/32 and NaN, as httpx does.
-    try:
-        value = json.loads(content)
-    except RecursionError:
-        raise _nested_too_deeply(label, response.status_code) from None
-    if _too_deep(value):
-        raise _nested_too_deeply(label, response.status_code)
-    return value
-
-
-def parse_json(label: str, response: Any) -> Any:
-    """The JSON body of a 2xx response, or ``invalid_response`` for HTML / malformed / empty /
-    too deeply nested bodies."""
-    ctype = response.headers.get("content-type", "")
-    text_head = response.content[:64].lstrip().lower()
-    if "html" in ctype or text_head.startswith((b"<!doctype", b"<html")):
-        raise ProviderFailure(
-            "invalid_response", f"{label} returned an HTML page instead of JSON", status=response.status_code
-        )
-    content = response.content
-    if not content[:4096].strip() and not content.strip():
-        raise ProviderFailure("invalid_response", f"{label} returned an empty body", status=response.status_code)
-    try:
-        return json_value(label, content, status=response.status_code)
-    except ValueError:
-        raise ProviderFailure(
-            "invalid_response", f"{label} returned malformed JSON", status=response.status_code
-        ) from None
-
-
 # ---- base64 -----------------------------------------------------------------------------
 
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?(;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
@@ -388,11 +162,12 @@ def b64_text(data: bytes) -> str:
     return pybase64.b64encode(data).decode("ascii")
 
 
-def decode_base64(value: str) -> bytes:
+def decode_base64(value: str, *, label: str = "") -> bytes:
     """Strictly decode base64 or a ``data:…;base64,`` URL (whitespace tolerated, padding fixed).
 
-    Raises ``ProviderFailure(invalid_response)`` on anything that is not clean base64,
-    instead of silently decoding a prefix as the old regex did.
+    Raises ``ProviderFailure(invalid_response)`` (its message headed by ``label``, the
+    provider) on anything that is not clean base64, instead of silently decoding a prefix as
+    the old regex did.
     """
     try:
         # Fast path for what upstreams send, canonical base64 with nothing to clean: one C pass.
@@ -411,7 +186,8 @@ def decode_base64(value: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ProviderFailure("invalid_response", "image data is not valid base64") from None
+        head = f"{label}: " if label else ""
+        raise ProviderFailure("invalid_response", f"{head}image data is not valid base64") from None
 
 
 # ---- downloads -----------------------------------------------------------------------------
@@ -436,7 +212,8 @@ async def download(
     only while the URL stays on ``url``'s origin: a redirect to another host never gets them.
     Returns ``(bytes, final_url)``. Failures are typed: ``network`` (unreachable, a name
     that does not resolve), ``timeout``, ``invalid_response`` (too large, bad scheme, a
-    private address).
+    private address), named after ``label`` (the guard's and the transport's refusals through
+    :func:`._errors.failure_for`).
     """
     if not (isinstance(http, DownloadClient) and http.guarded) and not net.allow_private_downloads:
         # Only the download client checks addresses; a caller mypy does not see (the bridge) could pass another.
@@ -467,23 +244,20 @@ async def download(
                         current = urljoin(current, resp.headers["location"])
                         continue
                     if resp.status_code >= 400:
-                        raise failure_from_response(
-                            label, resp, body=(await resp.aread())[:2000].decode("utf-8", "replace")
-                        )
+                        await resp.aread()  # an error page: within the transport's cap
+                        raise http_failure(label, resp)
                     declared = resp.headers.get("content-length")
                     if declared and declared.isdigit() and int(declared) > limit:
                         raise ProviderFailure(
                             "invalid_response", f"{label}: {int(declared)} bytes exceeds the {limit}-byte cap"
                         )
                     # One buffer, decoded bytes counted (the transport inflates gzip in bounded steps).
-                    return await read_body(resp, limit, label=label), current
+                    return await read_body(resp, limit), current
             except httpx.InvalidURL:
                 raise ProviderFailure("invalid_response", f"{label}: not a valid URL") from None
-            except ProviderFailure as exc:
-                if exc.message.startswith(f"{label}:"):
-                    raise
-                # The guard's refusals and the transport's cap, named after this download.
-                raise ProviderFailure(exc.reason, f"{label}: {exc.message}", status=exc.status) from None
+            except (UpstreamResponseError, AddressRefused, HostUnresolved) as exc:
+                # The guard's refusals and the transport's caps, named after this download.
+                raise failure_for(exc, label=label) from None
         raise ProviderFailure("invalid_response", f"{label}: too many redirects")
 
 
@@ -520,22 +294,24 @@ class Cooldown:
     """Parks an operation after a 404 for ``seconds``; a blocked call does not renew the wait.
 
     (The old plugin's blocked-call error text contained "404" and so re-armed itself forever.)
+    ``clock`` is the monotonic clock it reads (a test passes its own).
     """
 
-    def __init__(self, seconds: float = 600.0) -> None:
+    def __init__(self, seconds: float = 600.0, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = seconds
+        self.clock = clock
         self._until: dict[str, float] = {}
 
     def check(self, label: str, operation: str) -> None:
         until = self._until.get(operation, 0.0)
-        left = until - time.monotonic()
+        left = until - self.clock()
         if left > 0:
             raise ProviderFailure(
                 "unsupported", f"{label} {operation} is parked for {left:.0f}s after a 404 (endpoint not available)"
             )
 
     def park(self, operation: str) -> None:
-        self._until[operation] = time.monotonic() + self.seconds
+        self._until[operation] = self.clock() + self.seconds
 
     def clear(self, operation: str) -> None:
         self._until.pop(operation, None)

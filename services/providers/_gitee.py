@@ -2,28 +2,25 @@
 
 Gitee has no published error schema. Observed shapes are ``{"error":{"message":…}}``,
 ``{"error":"<code>","message":…}`` (task API) and ``{"message":…}``; messages are often
-Chinese, so the keyword checks here cover both languages.
+Chinese, which the shared words (``_errors``) cover.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import httpx
 
 from ...messages import Reason
 from ..domain.errors import ProviderFailure
-from ._common import error_text, failure_from_response, json_body, scrub, short
+from ._errors import Codes, Meaning, Said, classify, error_text, http_failure, scrub
 
-__all__ = ("classify", "gitee_failure", "gitee_headers", "gitee_message")
+__all__ = ("GITEE_CODES", "gitee_failure", "gitee_headers", "gitee_message", "gitee_said")
 
 NO_PACKAGE = "尚未绑定到任何资源包"
 """The key exists but has no quota package: it cannot be used until one is bought."""
 
-_QUOTA = re.compile(r"quota|credit|rate[ _-]?limit|too many requests|额度|余额|欠费|限流|频繁", re.IGNORECASE)
-_POLICY = re.compile(r"nsfw|moderation|sensitive|safety|违规|敏感|审核|不合规|色情", re.IGNORECASE)
-_AUTH = re.compile(r"invalid[ _-]?(api[ _-]?)?(key|token)|unauthori[sz]ed|令牌|鉴权|认证失败", re.IGNORECASE)
+GITEE_CODES: Codes = {NO_PACKAGE: Meaning("auth", "not bound to any resource package")}
 
 
 def gitee_headers(key: str) -> dict[str, str]:
@@ -43,41 +40,32 @@ def gitee_message(body: Any) -> str:
         for key in ("message", "msg", "detail"):
             if isinstance(body.get(key), str) and body[key]:
                 return str(body[key])
-    if isinstance(body, str):
-        return body
     return error_text(body)
 
 
-def classify(
-    label: str, text: str, *, position: int, status: int = 0, default: Reason = "upstream_error"
+def gitee_said(
+    label: str,
+    text: str,
+    *,
+    position: int,
+    status: int = 0,
+    default: Reason = "upstream_error",
+    codes: Codes | None = None,
 ) -> ProviderFailure:
-    """A typed failure from a message alone (task failures and 200-with-error bodies)."""
-    said = short(text)
-    if NO_PACKAGE in text:
-        return ProviderFailure("auth", f"{label}: key #{position} is not bound to any resource package", status=status)
-    if _AUTH.search(text):
-        return ProviderFailure("auth", f"{label}: key #{position} rejected", status=status)
-    if _POLICY.search(text):
-        return ProviderFailure("content_policy", f"{label}: blocked by moderation: {said}", status=status)
-    if _QUOTA.search(text):
-        return ProviderFailure("rate_limited", f"{label}: quota or rate limit: {said}", status=status)
-    return ProviderFailure(default, f"{label}: {said}", status=status)
+    """A typed failure from a message alone (task failures and 200-with-error bodies); ``text`` scrubbed."""
+    said = Said(label, status, text, credential=f"key #{position}")
+    return classify(said, codes={**GITEE_CODES, **(codes or {})}, default=default)
 
 
-def gitee_failure(label: str, resp: httpx.Response, *, position: int, key: str) -> ProviderFailure:
+def gitee_failure(
+    label: str, resp: httpx.Response, *, position: int, key: str, codes: Codes | None = None
+) -> ProviderFailure:
     """Map an HTTP error from Gitee; the key is scrubbed from anything the body echoes."""
-    try:
-        body: Any = json_body(label, resp)
-    except ValueError:
-        body = resp.text
-    text = scrub(gitee_message(body), key)
-    status = resp.status_code
-    if NO_PACKAGE in text:
-        return classify(label, text, position=position, status=status)
-    if status in (401, 403):
-        return ProviderFailure("auth", f"{label}: key #{position} rejected ({status})", status=status)
-    if status != 429 and _POLICY.search(text):
-        return classify(label, text, position=position, status=status)
-    if status != 429 and re.search(r"quota|credit|额度|余额|欠费", text, re.IGNORECASE):
-        return classify(label, text, position=position, status=status)
-    return failure_from_response(label, resp, key_index=position, body=text)
+    return http_failure(
+        label,
+        resp,
+        credential=f"key #{position}",
+        clean=lambda text: scrub(text, key),
+        text=gitee_message,
+        codes={**GITEE_CODES, **(codes or {})},
+    )

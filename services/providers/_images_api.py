@@ -23,19 +23,9 @@ import structlog
 from ..domain.errors import ProviderFailure
 from ..infra.http import send_read
 from ..infra.redaction import mask_forms
-from ._common import (
-    Cooldown,
-    b64decode_strict,
-    check_json_reply,
-    decode_base64,
-    download,
-    error_text,
-    failure_from_response,
-    join,
-    json_body,
-    parse_json,
-    short,
-)
+from ._common import Cooldown, b64decode_strict, decode_base64, download, join
+from ._errors import Codes, Meaning, Said, classify, error_body, error_text, retry_after_seconds
+from ._json import check_json_reply, parse_json
 from .base import AttemptContext, InputImage, Output
 
 __all__ = (
@@ -76,8 +66,15 @@ def downgraded(size: str) -> str | None:
 
 
 _SIZE_REJECTED = re.compile(r"invalid|unsupported|not supported|allowed|must be|not one of", re.IGNORECASE)
-_POLICY_CODES = frozenset({"moderation_blocked", "content_policy_violation", "content_filter"})
-_AUTH_TEXT = re.compile(r"incorrect api key|invalid api key|api key not valid|invalid[_ ]api[_ ]key", re.IGNORECASE)
+
+OPENAI_CODES: Codes = {
+    "moderation_blocked": Meaning("content_policy"),
+    "content_policy_violation": Meaning("content_policy"),
+    "content_filter": Meaning("content_policy"),
+    "invalid_api_key": Meaning("auth"),
+    "insufficient_quota": Meaning("rate_limited", "quota exhausted"),
+}
+"""OpenAI's error codes that say more than the status (a moderation block is a 400)."""
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 
 
@@ -112,34 +109,23 @@ class Caller:
         return await send_read(ctx.http, request)
 
 
-def _body_of(label: str, response: httpx.Response) -> Any:
-    try:
-        return json_body(label, response)
-    except ValueError:
-        return response.text
-
-
-def openai_failure(caller: Caller, response: httpx.Response, body: Any = None) -> ProviderFailure:
+def openai_failure(caller: Caller, response: httpx.Response, body: Any = None, *, label: str = "") -> ProviderFailure:
     """Typed failure for an OpenAI-shaped error (``{"error":{"message","type","code"}}``, or xAI's
-    ``{"code","error"}``), with the key's value stripped. Falls back to the generic mapping."""
+    ``{"code","error"}``), with the key's value stripped (:func:`._errors.classify`, OpenAI's codes)."""
     if body is None:
-        body = _body_of(caller.label, response)
+        body = error_body(caller.label, response)
     err = body.get("error") if isinstance(body, dict) else None
     details = err if isinstance(err, dict) else body if isinstance(body, dict) else {}
-    code = str(details.get("code") or "")
-    kind = str(details.get("type") or "")
-    text = caller.scrub(error_text(body) if not isinstance(body, str) else body)
-    status = response.status_code
-    where = f"{caller.label} HTTP {status}"
-    if code in _POLICY_CODES or kind == "image_generation_user_error" or "safety system" in text.lower():
-        return ProviderFailure("content_policy", f"{where}: {short(text)}", status=status)
-    if status not in (401, 403) and (code == "invalid_api_key" or _AUTH_TEXT.search(text)):
-        return ProviderFailure("auth", f"{where}: key #{caller.key_index} rejected", status=status)
-    if code == "insufficient_quota":
-        return ProviderFailure("rate_limited", f"{where}: quota exhausted for key #{caller.key_index}", status=status)
-    failure = failure_from_response(caller.label, response, key_index=caller.key_index, body=text)
-    failure.message = caller.scrub(failure.message)
-    return failure
+    code = details.get("code")
+    said = Said(
+        label or caller.label,
+        response.status_code,
+        caller.scrub(error_text(body)) or response.reason_phrase,
+        code=caller.scrub(code) if isinstance(code, str) else "",
+        retry_after=retry_after_seconds(response.headers),
+        credential=f"key #{caller.key_index}",
+    )
+    return classify(said, codes=OPENAI_CODES)
 
 
 def form_value(value: Any) -> str:
@@ -173,10 +159,7 @@ async def image_from_response(ctx: AttemptContext, caller: Caller, body: Any) ->
 
 def decode_image(caller: Caller, value: str) -> bytes:
     """Strict base64 (or data URL) decoding, with the failure naming the provider."""
-    try:
-        return decode_base64(value)
-    except ProviderFailure as exc:
-        raise ProviderFailure(exc.reason, f"{caller.label}: {exc.message}") from None
+    return decode_base64(value, label=caller.label)
 
 
 class _LeanItem(msgspec.Struct):
@@ -237,9 +220,7 @@ class ImagesAPI:
             response = await send(smaller)
         if response.status_code == 404:
             self.cooldown.park(operation)
-            body = _body_of(caller.label, response)
-            detail = short(caller.scrub(error_text(body) if not isinstance(body, str) else body), 160)
-            raise ProviderFailure("unsupported", f"{caller.label} {operation} HTTP 404: {detail}", status=404)
+            raise openai_failure(caller, response, label=f"{caller.label} {operation}")
         if not response.is_success:
             raise openai_failure(caller, response)
         self.cooldown.clear(operation)

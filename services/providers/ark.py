@@ -22,19 +22,9 @@ from ..domain.errors import ProviderFailure
 from ..domain.settings import ProviderSettings
 from ..domain.sizes import parse_output
 from ..infra.media import sniff_mime
-from ._common import (
-    KeyRing,
-    b64_text,
-    each_key,
-    failure_from_response,
-    image_from_item,
-    join,
-    json_body,
-    parse_json,
-    retry_after_seconds,
-    scrub,
-    short,
-)
+from ._common import KeyRing, b64_text, each_key, image_from_item, join
+from ._errors import Codes, Meaning, Said, classify, error_body, retry_after_seconds, scrub
+from ._json import parse_json
 from .base import AttemptContext, Output, Provider
 
 __all__ = ("ArkProvider", "ArkSettings", "ark_base", "build_body", "pick_size")
@@ -225,40 +215,41 @@ async def _image(ctx: AttemptContext, data: Any, key: str) -> Output:
 # ---- errors ------------------------------------------------------------------------------
 
 
+ARK_CODES: Codes = {
+    "SensitiveContentDetected": Meaning("content_policy", "blocked by moderation"),
+    "RiskDetection": Meaning("content_policy", "blocked by moderation"),
+    "AuthenticationError": Meaning("auth"),
+    "AccountOverdueError": Meaning("auth", "account overdue"),
+    "AccessDenied": Meaning("auth", "access denied"),
+    403: Meaning("auth", "access denied"),
+    "RateLimitExceeded": Meaning("rate_limited"),
+    "TooManyRequests": Meaning("rate_limited"),
+    "QuotaExceeded": Meaning("rate_limited"),
+    "InvalidEndpoint": Meaning("unsupported"),
+    "ModelNotOpen": Meaning("unsupported"),
+}
+"""Ark's error codes (its official table): every ``*SensitiveContentDetected`` and
+``*RiskDetection`` is a policy block, whatever the status."""
+
+
 def _http_failure(resp: httpx.Response, position: int, key: str) -> ProviderFailure:
-    try:
-        body: Any = json_body(LABEL, resp)
-    except ValueError:
-        body = None
+    body = error_body(LABEL, resp)
     error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        return _error_failure(error, resp.status_code, key, position, resp.headers)
-    return failure_from_response(LABEL, resp, key_index=position, body=scrub(resp.text, key))
+    if not isinstance(error, dict):
+        error = {"message": body if isinstance(body, str) else str(body or resp.reason_phrase)}
+    return _error_failure(error, resp.status_code, key, position, resp.headers)
 
 
 def _error_failure(
     error: dict[str, Any], status: int, key: str, position: int, headers: httpx.Headers
 ) -> ProviderFailure:
-    code = str(error.get("code") or "")
-    message = short(scrub(str(error.get("message") or ""), key))
     param = str(error.get("param") or "")
-    head = f"{LABEL} HTTP {status} {code}".rstrip() if status != 200 else f"{LABEL} {code}".rstrip()
-    if "SensitiveContentDetected" in code or "RiskDetection" in code:
-        return ProviderFailure("content_policy", f"{head}: blocked by moderation", status=status)
-    if status == 401 or code.startswith("AuthenticationError"):
-        return ProviderFailure("auth", f"{LABEL}: key #{position} rejected ({status} {code})", status=status)
-    if status == 403 or code in ("AccountOverdueError", "AccessDenied"):
-        why = "account overdue" if code == "AccountOverdueError" else "access denied"
-        return ProviderFailure("auth", f"{LABEL}: key #{position}: {why} ({status} {code})", status=status)
-    if status == 429 or code.startswith(("RateLimitExceeded", "TooManyRequests", "QuotaExceeded")):
-        return ProviderFailure(
-            "rate_limited", f"{head}: {message}", status=status, retry_after=retry_after_seconds(headers)
-        )
-    if status == 404 or code.startswith(("InvalidEndpointOrModel", "ModelNotOpen", "InvalidEndpoint")):
-        return ProviderFailure("unsupported", f"{head}: {message}", status=status)
-    if status in (408, 504):
-        return ProviderFailure("timeout", f"{head}: {message}", status=status)
-    if 400 <= status < 500:
-        where = f" (param {param})" if param else ""
-        return ProviderFailure("bad_request", f"{head}{where}: {message}", status=status)
-    return ProviderFailure("upstream_error", f"{head}: {message}", status=status)
+    said = Said(
+        LABEL,
+        status,
+        scrub(str(error.get("message") or ""), key) + (f" (param {param})" if param else ""),
+        code=scrub(str(error.get("code") or ""), key),
+        retry_after=retry_after_seconds(headers),
+        credential=f"key #{position}",
+    )
+    return classify(said, codes=ARK_CODES)

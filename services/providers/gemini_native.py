@@ -25,19 +25,9 @@ from ..domain.errors import ProviderFailure
 from ..domain.settings import ProviderSettings
 from ..domain.sizes import SizeIntent, parse_output
 from ..infra.http import upstream_client
-from ._common import (
-    KeyRing,
-    b64_text,
-    decode_base64,
-    each_key,
-    join,
-    json_body,
-    normalize_gemini_base,
-    parse_json,
-    retry_after_seconds,
-    scrub,
-    short,
-)
+from ._common import KeyRing, b64_text, decode_base64, each_key, join, normalize_gemini_base
+from ._errors import Codes, Meaning, Said, classify, error_body, retry_after_seconds, scrub, short
+from ._json import parse_json
 from .base import AttemptContext, Output, Provider
 
 __all__ = ("GeminiNativeProvider", "GeminiNativeSettings", "build_body", "image_config")
@@ -274,16 +264,28 @@ def extract_image(data: dict[str, Any]) -> bytes:
 # ---- errors ------------------------------------------------------------------------------
 
 
+GOOGLE_CODES: Codes = {
+    "API_KEY_INVALID": Meaning("auth"),
+    401: Meaning("auth"),
+    403: Meaning("auth"),
+    "UNAUTHENTICATED": Meaning("auth"),
+    "PERMISSION_DENIED": Meaning("auth"),
+    402: Meaning("auth", "no prepaid credits left"),
+    "RESOURCE_EXHAUSTED": Meaning("rate_limited"),
+    "FAILED_PRECONDITION": Meaning("unsupported", "not available"),
+    "NOT_FOUND": Meaning("unsupported", "model or endpoint not found"),
+    "DEADLINE_EXCEEDED": Meaning("timeout", "upstream deadline exceeded"),
+}
+"""Google RPC statuses and error reasons, in the order they decide: a rejected key first,
+then a payment (402), a quota, a region or billing precondition, a missing model."""
+
+
 def _http_failure(resp: httpx.Response, position: int, key: str) -> ProviderFailure:
-    try:
-        body = json_body(LABEL, resp)
-    except ValueError:
-        body = None
+    body = error_body(LABEL, resp)
     error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        return _api_failure(error, resp.status_code, resp.headers, position, key)
-    text = scrub(resp.text, key)
-    return _api_failure({"message": text}, resp.status_code, resp.headers, position, key)
+    if not isinstance(error, dict):
+        error = {"message": body if isinstance(body, str) else str(body or resp.reason_phrase)}
+    return _api_failure(error, resp.status_code, resp.headers, position, key)
 
 
 def _api_failure(error: Any, http_status: int, headers: httpx.Headers, position: int, key: str) -> ProviderFailure:
@@ -291,30 +293,18 @@ def _api_failure(error: Any, http_status: int, headers: httpx.Headers, position:
     if not isinstance(error, dict):
         error = {"message": str(error)}
     code = error.get("code") if isinstance(error.get("code"), int) else http_status
-    status = str(error.get("status") or "")
-    message = short(scrub(str(error.get("message") or ""), key))
+    message = scrub(str(error.get("message") or ""), key)
     details = error.get("details") if isinstance(error.get("details"), list) else []
-    reasons = {str(d.get("reason")) for d in details if isinstance(d, dict) and d.get("reason")}
-    tag = " ".join(x for x in (str(code) if code else "", status) if x)
-    if "API_KEY_INVALID" in reasons or code in (401, 403) or status in ("UNAUTHENTICATED", "PERMISSION_DENIED"):
-        why = "API_KEY_INVALID" if "API_KEY_INVALID" in reasons else tag
-        return ProviderFailure("auth", f"{LABEL}: key #{position} rejected ({why})", status=code)
-    if code == 402:
-        return ProviderFailure("auth", f"{LABEL}: key #{position} has no prepaid credits left (402)", status=code)
-    if code == 429 or status == "RESOURCE_EXHAUSTED":
-        wait = _retry_delay(details) or retry_after_seconds(headers) or _retry_in(message)
-        quota = _quota_id(details)
-        what = f"quota {quota}" if quota else "rate limited"
-        return ProviderFailure("rate_limited", f"{LABEL}: {what} ({tag}): {message}", status=code, retry_after=wait)
-    if status == "FAILED_PRECONDITION":
-        return ProviderFailure("unsupported", f"{LABEL}: not available ({tag}): {message}", status=code)
-    if code == 404 or status == "NOT_FOUND":
-        return ProviderFailure("unsupported", f"{LABEL}: model or endpoint not found ({tag}): {message}", status=code)
-    if code in (408, 504) or status == "DEADLINE_EXCEEDED":
-        return ProviderFailure("timeout", f"{LABEL}: upstream deadline exceeded ({tag})", status=code)
-    if 400 <= code < 500:
-        return ProviderFailure("bad_request", f"{LABEL}: request rejected ({tag}): {message}", status=code)
-    return ProviderFailure("upstream_error", f"{LABEL}: upstream error ({tag}): {message}", status=code)
+    reasons = sorted({str(d.get("reason")) for d in details if isinstance(d, dict) and d.get("reason")})
+    said = Said(
+        LABEL,
+        code,
+        message,
+        code=" ".join(x for x in (str(error.get("status") or ""), *reasons, _quota_id(details)) if x),
+        retry_after=_retry_delay(details) or retry_after_seconds(headers) or _retry_in(message),
+        credential=f"key #{position}",
+    )
+    return classify(said, codes=GOOGLE_CODES)
 
 
 def _retry_delay(details: list[Any]) -> float:

@@ -21,17 +21,10 @@ from ..domain.config import ConfigBase
 from ..domain.errors import ProviderFailure
 from ..domain.settings import ProviderSettings
 from ..domain.sizes import SizeIntent, parse_output
-from ._common import (
-    Cooldown,
-    KeyRing,
-    each_key,
-    image_from_item,
-    join,
-    normalize_openai_base,
-    parse_json,
-    scrub,
-)
-from ._gitee import classify, gitee_failure, gitee_headers, gitee_message
+from ._common import Cooldown, KeyRing, each_key, image_from_item, join, normalize_openai_base
+from ._errors import scrub
+from ._gitee import gitee_failure, gitee_headers, gitee_message, gitee_said
+from ._json import parse_json
 from .base import AttemptContext, Output, Provider
 
 __all__ = ("NO_NEGATIVE_PROMPT", "GiteeProvider", "GiteeSettings", "build_body", "pick_size")
@@ -122,7 +115,7 @@ def build_body(prompt: str, settings: GiteeSettings, size: str) -> dict[str, Any
 
 async def _image(ctx: AttemptContext, data: Any, position: int, key: str) -> Output:
     if isinstance(data, dict) and data.get("error"):
-        raise classify(LABEL, scrub(gitee_message(data), key), position=position, status=200)
+        raise gitee_said(LABEL, scrub(gitee_message(data), key), position=position, status=200)
     items = data.get("data") if isinstance(data, dict) else None
     if not isinstance(items, list) or not items:
         raise ProviderFailure("no_image", f"{LABEL}: the reply has no image data")

@@ -23,18 +23,10 @@ from ..domain.config import ConfigBase
 from ..domain.errors import ProviderFailure
 from ..domain.settings import ProviderSettings
 from ..infra.media import sniff_mime
-from ._common import (
-    KeyRing,
-    decode_base64,
-    download,
-    each_key,
-    join,
-    json_body,
-    normalize_openai_base,
-    parse_json,
-    scrub,
-)
-from ._gitee import classify, gitee_failure, gitee_headers, gitee_message
+from ._common import KeyRing, decode_base64, download, each_key, join, normalize_openai_base
+from ._errors import Codes, Meaning, scrub
+from ._gitee import gitee_failure, gitee_headers, gitee_message, gitee_said
+from ._json import json_body, parse_json
 from .base import AttemptContext, InputImage, Output, Provider
 
 __all__ = ("TASK_TYPES", "GiteeAsyncProvider", "GiteeAsyncSettings", "task_types_for")
@@ -49,6 +41,9 @@ TASK_TYPES = ("id", "style", "subject", "background", "element")
 SUCCESS = frozenset({"success", "succeeded", "completed"})
 FAILED = frozenset({"failure", "failed", "error"})
 CANCELLED = frozenset({"cancelled", "canceled"})
+
+_LOST: Codes = {404: Meaning("upstream_error", "the task is unknown upstream")}
+"""A 404 on a task poll: the upstream lost the task (not a missing endpoint)."""
 
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif", "image/bmp": "bmp"}
 
@@ -147,7 +142,7 @@ async def _submit(
     if not isinstance(body, dict):
         raise ProviderFailure("invalid_response", f"{LABEL}: the submit reply is not a JSON object")
     if body.get("error") and not body.get("task_id"):
-        raise classify(
+        raise gitee_said(
             f"{LABEL} submit", scrub(gitee_message(body), key), position=position, status=200, default="bad_request"
         )
     return body
@@ -171,7 +166,7 @@ async def _poll(
                     raise ProviderFailure("invalid_response", f"{LABEL}: task {task_id} succeeded without a file_url")
                 return ready
             if status in FAILED:
-                raise classify(LABEL, f"task failed: {scrub(_task_error(task), key)}", position=position)
+                raise gitee_said(LABEL, f"task failed: {scrub(_task_error(task), key)}", position=position)
             if status in CANCELLED:
                 raise ProviderFailure("upstream_error", f"{LABEL}: task {task_id} was cancelled upstream")
         await anyio.sleep(interval)
@@ -190,10 +185,8 @@ async def _poll_once(http: httpx.AsyncClient, url: str, position: int, key: str)
     if resp.status_code >= 500:
         log.info("poll_upstream_error", status=resp.status_code)
         return None
-    if resp.status_code == 404:
-        raise ProviderFailure("upstream_error", f"{LABEL}: the task is unknown upstream (404)", status=404)
     if resp.status_code >= 400:
-        raise gitee_failure(f"{LABEL} task", resp, position=position, key=key)
+        raise gitee_failure(f"{LABEL} task", resp, position=position, key=key, codes=_LOST)
     try:
         task = json_body(LABEL, resp)
     except ValueError:
@@ -203,7 +196,7 @@ async def _poll_once(http: httpx.AsyncClient, url: str, position: int, key: str)
         return None
     if task.get("error") and not task.get("status"):
         # The task API reports a bad id or token as a top-level {"error": code, "message": …}.
-        raise classify(f"{LABEL} task", scrub(gitee_message(task), key), position=position, status=resp.status_code)
+        raise gitee_said(f"{LABEL} task", scrub(gitee_message(task), key), position=position, status=resp.status_code)
     return task
 
 

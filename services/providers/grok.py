@@ -19,7 +19,8 @@ import httpx
 import structlog
 
 from ..domain.errors import ProviderFailure
-from ._common import b64_text, short
+from ._common import b64_text
+from ._errors import short
 from ._images_api import Caller, image_from_response
 from .base import AttemptContext, InputImage, Output
 from .openai_compat import OpenAICompatBase, OpenAIStyleSettings, size_intent

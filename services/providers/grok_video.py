@@ -18,7 +18,6 @@ retries retryable reasons on this provider up to ``max_retries`` (policy.retry_r
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Literal
 from urllib.parse import quote, urlsplit
@@ -31,17 +30,9 @@ from ...messages import Reason
 from ..domain.errors import ProviderFailure
 from ..domain.settings import VideoSection
 from ._chat import reply_text
-from ._common import (
-    b64_text,
-    download,
-    error_text,
-    failure_from_response,
-    join,
-    json_body,
-    normalize_openai_base,
-    parse_json,
-    short,
-)
+from ._common import b64_text, download, join, normalize_openai_base
+from ._errors import Codes, Meaning, error_text, failure_for, http_failure, moderated, scrub, short
+from ._json import parse_json
 from ._video_urls import find_video_url
 from .base import AttemptContext, Output, Provider
 
@@ -60,7 +51,8 @@ _DONE = frozenset({"done", "completed", "succeeded", "success"})
 _FAILED = frozenset({"failed", "error", "cancelled", "canceled", "rejected"})
 _EXPIRED = frozenset({"expired"})
 _TRANSIENT: frozenset[Reason] = frozenset({"rate_limited", "upstream_error", "network", "timeout"})
-_MODERATION = re.compile(r"moderat|content[ _-]?policy|safety|nsfw|unsafe|prohibited|violat|blocked", re.IGNORECASE)
+_LOST: Codes = {404: Meaning("upstream_error", "the upstream lost the task")}
+"""A 404 while polling: the task is gone (not a missing endpoint)."""
 _VIDEO_SUFFIXES = ("/v1/videos/generations", "/videos/generations", "/v1/videos", "/videos")
 
 
@@ -189,7 +181,7 @@ class _Attempt:
                 return found
             said = _content_text(reply)
             log.info("video_reply_without_url", pass_=n + 1, passes=passes)
-        reason: Reason = "content_policy" if _MODERATION.search(said) else "no_image"
+        reason: Reason = "content_policy" if moderated(said) else "no_image"
         tail = f": {short(said, 120)}" if said else ""
         raise ProviderFailure(reason, f"{LABEL}: no video URL in the reply after {passes} tries{tail}")
 
@@ -230,12 +222,13 @@ class _Attempt:
             try:
                 state = parse_json(LABEL, await self._send("GET", status_url, poll=True))
                 misses = 0
-            except ProviderFailure as exc:
+            except Exception as exc:
                 # A hiccup while polling must not throw away a paid generation: keep polling.
+                failure = failure_for(exc)
                 misses += 1
-                if exc.reason not in _TRANSIENT or misses > max(0, s.max_retries):
+                if failure is None or failure.reason not in _TRANSIENT or misses > max(0, s.max_retries):
                     raise
-                log.info("video_poll_failed", reason=exc.reason, misses=misses)
+                log.info("video_poll_failed", reason=failure.reason, error=failure.message, misses=misses)
 
     def _finished(self, state: Any) -> str | None:
         """The video URL if ``state`` is done; raise for failed/expired; None while pending."""
@@ -247,7 +240,7 @@ class _Attempt:
         if status in _FAILED:
             detail = error_text(state.get("error")) if state.get("error") else status
             body = str(state.get("error") or "") + " " + detail
-            reason: Reason = "content_policy" if _MODERATION.search(body) else "upstream_error"
+            reason: Reason = "content_policy" if moderated(body) else "upstream_error"
             raise ProviderFailure(reason, f"{LABEL}: generation failed: {short(detail, 160)}")
         if status in _EXPIRED:
             # The upstream gave up on the request before it finished: the same outcome as our own
@@ -280,39 +273,26 @@ class _Attempt:
         read = min(self.s.timeout_seconds, left)
         timeout = httpx.Timeout(read, connect=min(10.0, left), write=min(60.0, left), pool=min(10.0, left))
         headers = {"Authorization": f"Bearer {self.key}", "Accept": "application/json"}
-        try:
-            resp = await self.ctx.http.request(method, url, json=json, headers=headers, timeout=timeout)
-        except httpx.TimeoutException:
-            raise ProviderFailure("timeout", f"{LABEL}: no answer within {read:.0f}s") from None
-        except httpx.TransportError as exc:
-            raise ProviderFailure("network", f"{LABEL}: network error ({type(exc).__name__})") from None
+        # Transport errors and timeouts go up as they are: the actor maps them (_errors.failure_for).
+        resp = await self.ctx.http.request(method, url, json=json, headers=headers, timeout=timeout)
         if resp.status_code >= 400:
-            raise self._failure(resp, poll=poll)
+            # xAI answers a wrong key with 400 "Incorrect API key provided" (provider-wire-formats §3.4):
+            # auth, by the shared words.
+            raise http_failure(
+                LABEL,
+                resp,
+                credential="the API key",
+                clean=lambda text: scrub(text, self.key),
+                codes=_LOST if poll else None,
+                html="an HTML error page",
+            )
         return resp
-
-    def _failure(self, resp: httpx.Response, *, poll: bool) -> ProviderFailure:
-        status = resp.status_code
-        head = resp.content[:64].lstrip().lower()
-        if "html" in resp.headers.get("content-type", "") or head.startswith((b"<!doctype", b"<html")):
-            body: Any = "an HTML error page"
-        else:
-            try:
-                body = json_body(LABEL, resp)
-            except ValueError:
-                body = resp.text
-        text = body if isinstance(body, str) else error_text(body)
-        if status == 400 and re.search(r"api[ _-]?key", text, re.IGNORECASE):
-            # xAI answers a wrong key with 400 "Incorrect API key provided" (provider-wire-formats §3.4).
-            return ProviderFailure("auth", f"{LABEL}: API key rejected ({status})", status=status)
-        if poll and status == 404:
-            return ProviderFailure("upstream_error", f"{LABEL}: the upstream lost the task (404)", status=status)
-        return failure_from_response(LABEL, resp, body=body)
 
     def _raise_for_error_body(self, reply: Any) -> None:
         """A 200 whose body is an error object (some gateways do this) is a failure, not an empty reply."""
         if isinstance(reply, dict) and reply.get("error") and not reply.get("choices"):
             text = error_text(reply)
-            reason: Reason = "content_policy" if _MODERATION.search(text) else "upstream_error"
+            reason: Reason = "content_policy" if moderated(text) else "upstream_error"
             raise ProviderFailure(reason, f"{LABEL}: {short(text, 160)}", status=200)
 
 

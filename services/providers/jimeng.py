@@ -26,7 +26,9 @@ from ..domain.config import ConfigBase
 from ..domain.errors import ProviderFailure
 from ..domain.settings import ProviderSettings
 from ..domain.sizes import parse_output
-from ._common import KeyRing, download, each_key, failure_from_response, json_body, parse_json, scrub, short
+from ._common import KeyRing, download, each_key
+from ._errors import Codes, Meaning, Said, Words, classify, http_failure, scrub
+from ._json import parse_json
 from .base import AttemptContext, Output, Provider
 
 __all__ = ("RATIOS", "JimengProvider", "JimengSettings", "parse_cookie", "pick_ratio")
@@ -38,9 +40,16 @@ RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9")
 
 HEADERS = {"User-Agent": "Mozilla/5.0", "Accept": "application/json"}
 
-_POLICY = re.compile(r"违规|敏感|审核|不合规|色情|nsfw|sensitive|moderation|policy|prohibited", re.IGNORECASE)
-_QUOTA = re.compile(r"积分|额度|次数|余额|上限|频繁|限流|quota|credit|rate[ _-]?limit|too many", re.IGNORECASE)
-_AUTH = re.compile(r"cookie|登录|登陆|失效|过期|未授权|apikey|api key|sessionid|unauthori[sz]ed|token", re.IGNORECASE)
+JIMENG_WORDS = Words(
+    quota=re.compile(r"积分|次数|上限|too many", re.IGNORECASE),
+    auth=re.compile(r"cookie|登录|登陆|失效|过期|未授权|apikey|api key|sessionid|token", re.IGNORECASE),
+)
+"""The aggregator's own words beyond the shared ones: its credits and counts, its cookies and sessions."""
+
+JIMENG_CODES: Codes = {"code 401": Meaning("auth"), "code 403": Meaning("auth")}
+"""Business codes (in a 200 answer) that name a rejected cookie or apikey."""
+
+CREDENTIAL = "cookie #{position} or apikey"
 
 
 def parse_cookie(entry: str) -> tuple[str, str] | None:
@@ -157,23 +166,22 @@ def _image_url(body: Any, position: int, secrets: tuple[str, ...]) -> str:
 
 def _business_failure(text: str, position: int, code: Any) -> ProviderFailure:
     """A typed failure for a ``code != 200`` reply, from its message (the codes are not standard)."""
-    said = short(text)
-    if _POLICY.search(text):
-        return ProviderFailure("content_policy", f"{LABEL}: blocked by moderation: {said}")
-    if _QUOTA.search(text):
-        return ProviderFailure("rate_limited", f"{LABEL}: out of credits or rate limited: {said}")
-    if str(code) in ("401", "403") or _AUTH.search(text):
-        return ProviderFailure("auth", f"{LABEL}: cookie #{position} or apikey rejected: {said}")
-    return ProviderFailure("upstream_error", f"{LABEL}: business error {code}: {said}")
+    said = Said(LABEL, text=text, code=f"code {code}", credential=CREDENTIAL.format(position=position))
+    return classify(said, codes=JIMENG_CODES, words=JIMENG_WORDS)
+
+
+def _message(body: Any) -> str:
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("msg") or body.get("error") or body)
+    return str(body)
 
 
 def _http_failure(resp: httpx.Response, position: int, secrets: tuple[str, ...]) -> ProviderFailure:
-    if resp.status_code in (401, 403):
-        return ProviderFailure("auth", f"{LABEL}: cookie #{position} or apikey rejected ({resp.status_code})")
-    try:
-        body: Any = json_body(LABEL, resp)
-    except ValueError:
-        body = resp.text
-    if isinstance(body, dict):
-        body = str(body.get("message") or body.get("msg") or body.get("error") or body)
-    return failure_from_response(LABEL, resp, key_index=position, body=scrub(str(body), *secrets))
+    return http_failure(
+        LABEL,
+        resp,
+        credential=CREDENTIAL.format(position=position),
+        clean=lambda text: scrub(text, *secrets),
+        text=_message,
+        words=JIMENG_WORDS,
+    )

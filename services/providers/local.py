@@ -16,7 +16,7 @@ import textwrap
 import anyio
 from PIL import Image, ImageDraw, ImageFont
 
-from ..domain.errors import ProviderFailure
+from ..domain.errors import MediaError, ProviderFailure
 from ..domain.settings import ProviderSettings
 from ..domain.sizes import parse_output
 from ..infra.media import MAX_PIXELS, MediaInfo, open_image
@@ -95,9 +95,9 @@ def render(
         try:
             with open_image(base, max_pixels=max_pixels) as src:
                 img = src.convert("RGB")
-        except ProviderFailure as exc:
+        except MediaError as exc:  # the input image: the request's fault
             raise ProviderFailure("bad_request", exc.message) from None
-        except Exception:
+        except Exception:  # Pillow's decoders raise many types for broken pixel data
             raise ProviderFailure("bad_request", "input image cannot be decoded") from None
         width, height = img.size
     else:

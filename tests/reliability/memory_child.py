@@ -34,9 +34,10 @@ def _status_kib(field: str) -> int:
 
 async def measure(mode: str, url: str, max_blob: int, warm_url: str) -> dict[str, object]:
     from aiimg.services.config import config_from_dict
-    from aiimg.services.domain.errors import ProviderFailure
+    from aiimg.services.domain.errors import AiimgError
     from aiimg.services.infra.http import download_client, response_cap, send_read, upstream_client
     from aiimg.services.providers._common import download
+    from aiimg.services.providers._errors import failure_for
     from aiimg.services.providers.openai_compat import OpenAICompatProvider
     from tests.fakes.attempt import attempt_context
 
@@ -78,8 +79,9 @@ async def measure(mode: str, url: str, max_blob: int, warm_url: str) -> dict[str
                 outcome = f"ok {len(out.data)}"
             else:
                 raise SystemExit(f"unknown mode {mode}")
-        except ProviderFailure as exc:
-            outcome = exc.reason
+        except AiimgError as exc:  # a typed failure, raised by a provider or the transport under it
+            failure = failure_for(exc)
+            outcome = failure.reason if failure is not None else type(exc).__name__
         except MemoryError:
             outcome = "MemoryError"
         peak = (_status_kib("VmHWM") - base) * 1024

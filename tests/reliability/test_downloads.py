@@ -37,10 +37,11 @@ from aiimg.services.app.client import Client
 from aiimg.services.app.stack import Stack, running
 from aiimg.services.config import Config, config_from_dict
 from aiimg.services.domain.config import NetworkConfig
-from aiimg.services.domain.errors import ConfigError, ProviderFailure
+from aiimg.services.domain.errors import AddressRefused, ConfigError, ProviderFailure
 from aiimg.services.infra.bus import connect
 from aiimg.services.infra.http import AddressGuard, DownloadClient, IPAddress, address_allowed, download_client
 from aiimg.services.providers._common import download
+from aiimg.services.providers._errors import failure_for
 from aiimg.services.providers.openai_compat import OpenAICompatProvider
 
 from ..conftest import make_config
@@ -248,9 +249,9 @@ async def test_a_public_looking_name_that_resolves_privately_is_refused(
 async def test_a_name_for_a_metadata_or_internal_address_is_refused_by_the_guard(answer: str) -> None:
     """The guard itself, without connecting (a guard that let these through would reach the network)."""
     guard = AddressGuard(resolve=Resolver({"metadata.internal": [answer]}))
-    with pytest.raises(ProviderFailure) as err:
+    with pytest.raises(AddressRefused) as err:
         await guard.addresses("metadata.internal")
-    assert err.value.reason == "invalid_response" and "private address" in err.value.message
+    assert failure_for(err.value).reason == "invalid_response" and "private address" in err.value.message
 
 
 @pytest.mark.parametrize(

@@ -312,8 +312,9 @@ def test_fault_images_are_what_they_claim() -> None:
 
 async def test_the_actor_http_client_caps_declared_and_streamed_bodies(nats_url: str, tmp_path: Path) -> None:
     from aiimg.services.actors.provider import ProviderActor
-    from aiimg.services.domain.errors import ProviderFailure
+    from aiimg.services.domain.errors import ResponseTooLarge
     from aiimg.services.infra.http import response_cap
+    from aiimg.services.providers._errors import failure_for
 
     config = make_config(nats_url, tmp_path, retention={"max_blob_bytes": 3 * MB})
     cap = response_cap(config)
@@ -326,9 +327,10 @@ async def test_the_actor_http_client_caps_declared_and_streamed_bodies(nats_url:
             up.route("GET", r"/streamed", lambda r: Reply(200, huge_binary(8 * MB)))
             up.route("GET", r"/fits", lambda r: Reply(200, b"y" * cap))
             for path in ("/declared", "/streamed"):
-                with pytest.raises(ProviderFailure) as err:
+                with pytest.raises(ResponseTooLarge) as err:
                     await actor.http.get(up.url + path)
-                assert err.value.reason == "invalid_response" and "exceeds" in err.value.message
+                failure = failure_for(err.value)
+                assert failure.reason == "invalid_response" and "exceeds" in failure.message
             assert len((await actor.http.get(up.url + "/fits")).content) == cap
         await actor.http.aclose()
     finally:
