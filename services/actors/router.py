@@ -30,10 +30,10 @@ import structlog
 
 from ...messages import AttemptDispatched, AttemptFailed, JobEvent, JobFailed, JobRejected, JobRequested
 from ..domain.admission import Admission
-from ..domain.errors import BusError
+from ..domain.errors import BusError, StaleView
 from ..domain.routing import decide
 from ..domain.state import JobState
-from ..infra.bus import StaleView
+from ..infra.retry import Backoff
 from .jobs import CACHE_SIZE, Entry, JobRepository, KeyedLock
 from .ports import JobBus
 from .runtime import Inbound, decoding
@@ -46,10 +46,9 @@ MAX_WRITES_PER_MESSAGE = 32
 """Writes one message may cause before the router stops and looks again later. A job's
 whole life is a few writes; more means something keeps invalidating the router's view."""
 
-STALE_RETRY_DELAY = 1.0
-"""Seconds before a message whose writes kept being refused is handled again, doubling per
-delivery up to ``MAX_STALE_RETRY_DELAY`` (so an incident logs a few lines, not one a second)."""
-MAX_STALE_RETRY_DELAY = 60.0
+STALE_RETRY = Backoff(1.0, cap=60.0)
+"""When a message whose writes kept being refused is handled again: 1 s, doubling per delivery,
+at most a minute (so an incident logs a few lines, not one a second)."""
 
 TIMER_SLACK = 0.5
 """A job's timer already held by another message is kept if it fires at most this many seconds
@@ -152,7 +151,7 @@ class Router:
         else:
             # Writes kept being refused or kept leading to more writes: look again later,
             # once, instead of spinning (one log line per incident, not per attempt).
-            delay = min(MAX_STALE_RETRY_DELAY, STALE_RETRY_DELAY * 2.0 ** min(delivery.delivered - 1, 16))
+            delay = STALE_RETRY.delay(delivery.delivered)
             log.error("router_step_limit", writes=MAX_WRITES_PER_MESSAGE, retry_in=delay, **delivery.describe())
             await delivery.nak(delay)
             return

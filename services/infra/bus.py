@@ -49,13 +49,11 @@ from .embedded import Credentials
 from .pull import Handler, PullConsumer
 from .retry import Backoff, retrying
 
-# StaleView is defined in domain.errors with every other error; actors/router.py still imports it from here.
 __all__ = (
     "MSG_ID",
     "Bus",
     "JobLog",
     "Logged",
-    "StaleView",
     "Subscription",
     "connect",
     "consumer_configs",

@@ -14,14 +14,15 @@ import structlog
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-__all__ = ("CRASH_DELAY", "MAX_CRASH_DELAY", "Delivery", "NatsDelivery", "crash_delay", "settle")
+from .retry import Backoff
+
+__all__ = ("CRASH_RETRY", "Delivery", "NatsDelivery", "crash_delay", "settle")
 
 log = structlog.get_logger("aiimg.delivery")
 
-CRASH_DELAY = 5.0
-"""Seconds before a message whose handler crashed comes back, doubling per delivery …"""
-MAX_CRASH_DELAY = 300.0
-"""… up to this: a message that always crashes its handler costs a log line every 5 minutes."""
+CRASH_RETRY = Backoff(5.0, cap=300.0)
+"""When a message whose handler crashed comes back: 5 s, doubling per delivery, at most 5 min
+(a message that always crashes its handler costs a log line every 5 minutes)."""
 
 
 class Delivery(Protocol):
@@ -107,7 +108,7 @@ class NatsDelivery:
 
 def crash_delay(delivered: int) -> float:
     """How long to hand back a message whose handler crashed: exponential in its deliveries."""
-    return min(MAX_CRASH_DELAY, CRASH_DELAY * 2.0 ** min(max(1, delivered) - 1, 16))
+    return CRASH_RETRY.delay(delivered)
 
 
 async def settle(delivery: Delivery, answer: str, delay: float | None = None) -> None:

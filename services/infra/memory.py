@@ -26,8 +26,8 @@ from anyio.abc import TaskStatus
 
 from ...messages import BlobRef, DecodeError, Event, JobRequested, Names, decode_event, encode, event_subject, placed
 from ..domain.config import ConfigBase as Config
-from ..domain.errors import BlobError, BusError
-from .bus import JobLog, Logged, StaleView, consumer_configs
+from ..domain.errors import BlobError, BusError, StaleView
+from .bus import JobLog, Logged, consumer_configs
 from .delivery import Delivery, crash_delay
 from .media import MediaInfo, sniff_mime
 
