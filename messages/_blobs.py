@@ -21,9 +21,14 @@ class BlobRef(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    """The object's name in ``bucket``."""
     size: Annotated[int, msgspec.Meta(ge=0)]
+    """Bytes; a reader checks it against the stored object."""
     sha256: Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+    """Lowercase hex SHA-256 of the bytes; a reader checks it against the stored object."""
     mime: str
     width: int = 0
     height: int = 0
     bucket: str = "aiimg_blobs"
+    """The object store bucket. The default is the results bucket under the default prefix
+    only: under another prefix, always name the bucket."""

@@ -1,7 +1,7 @@
 """Every event of a job's life, as it is stored in the job stream.
 
 A job's history is the ordered list of these events on ``aiimg.job.<job_id>.>``;
-its state is a pure fold over that list (``services.state.fold``).
+its state is a pure fold over that list (``services.domain.state.fold``).
 
 Evolution rules (msgspec ``docs/schema-evolution.rst``): new fields get defaults,
 field types never change, unknown fields are ignored, and a breaking change gets
@@ -53,8 +53,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every job event. ``type`` is an explicit, versioned tag."""
 
     job_id: JobId
+    """Chosen by the client, used once: the job's subject token (every event of the job carries it)."""
     at: float = msgspec.field(default_factory=_now)
-    """Wall-clock time the event was written, seconds since the epoch."""
+    """Wall-clock time the event was written, seconds since the epoch (the writer's clock).
+    Like every number in an event it must be finite: ``1e400`` does not decode."""
 
     def __post_init__(self) -> None:
         # JSON has no infinity or NaN: msgspec would write ``null`` and nobody could read the
@@ -69,17 +71,31 @@ class JobRequested(Event, frozen=True, kw_only=True, tag="job.requested.v1"):
     """A client asks for an image or a video. Written by the client; always the first event.
 
     ``output`` is a size intent: ``4K``/``2K``/``1K``, ``WxH`` or a ratio such as ``16:9``
-    (empty = the provider's configured default). ``backend`` pins the first provider
-    (empty = the configured primary); fallbacks still follow it.
+    (empty = the provider's configured default). ``backend`` replaces the configured primary
+    provider (empty = the configured primary); the configured fallbacks still follow it.
     """
 
     op: Operation
+    """``edit``, ``selfie`` and ``video`` need at least one input (else ``job.rejected.v1``, ``bad_request``)."""
     prompt: Prompt = ""
     inputs: list[BlobRef] = msgspec.field(default_factory=list)
+    """Input images, stored first in the client's bucket ``<prefix>_in_<client>`` (or its
+    ``<prefix>_refs_<client>``, or earlier results in ``<prefix>_blobs``; any other bucket is
+    rejected). The router rejects (``bad_request``) more than ``limits.max_inputs`` (default 16)
+    inputs or more than ``limits.max_input_bytes`` (default 64 MiB) of declared ``size``; the
+    provider reads each by ``bucket`` and ``name`` and checks ``size`` and ``sha256`` against the
+    stored bytes, and the bytes as an image within ``limits.max_pixels``. ``mime``, ``width``
+    and ``height`` of an input are not trusted (the bytes are sniffed)."""
     backend: Short = ""
+    """A provider alias or short name that replaces the configured primary of ``draw`` or
+    ``edit``/``selfie`` (the primary is then not tried unless it is also a fallback);
+    ``""`` or ``auto``: the configured primary. Ignored for ``video``."""
     output: Short = ""
+    """Size intent: ``4K``, ``2K``, ``1K``, ``WxH``, a ratio (``16:9``) or both (``16:9 4K``);
+    one that does not parse or is over ``limits.max_pixels`` (default 64 MP) is rejected."""
     origin: Origin = msgspec.field(default_factory=dict)
-    """Opaque requester metadata (bot id, chat, user); echoed, never interpreted."""
+    """Opaque requester metadata (bot id, chat, user); echoed, never interpreted — except
+    ``user``, counted against ``limits.max_jobs_per_user`` (``too_many_jobs``)."""
 
 
 class CancelRequested(Event, frozen=True, kw_only=True, tag="job.cancel_requested.v1"):
@@ -155,6 +171,8 @@ class JobFailed(Event, frozen=True, kw_only=True, tag="job.failed.v1"):
     """Terminal: no provider produced a result. ``failures`` lists every attempt's reason."""
 
     failures: list[FailureSummary] = msgspec.field(default_factory=list)
+    """Every failed attempt, in order. Empty when no attempt ran: no configured provider can
+    serve the operation (``message`` says why each candidate was left out)."""
     message: Text = ""
 
 

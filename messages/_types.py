@@ -23,7 +23,7 @@ Reason: TypeAlias = Literal[
     "network",
     "invalid_response",
 ]
-"""Why one attempt failed. Drives retry and fallback decisions (see ``services.policy``)."""
+"""Why one attempt failed. Drives retry and fallback decisions (``policy.retry_reasons``)."""
 
 FAILURE_REASONS: tuple[Reason, ...] = (
     "rate_limited",
