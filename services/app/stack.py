@@ -27,7 +27,7 @@ from ..infra.logging import REDACTOR, ensure_logging
 from ..providers.base import Provider
 from ..providers.catalog import providers_for
 
-__all__ = ("Endpoint", "Stack", "open_bus", "running_embedded", "running_embedded_url")
+__all__ = ("Endpoint", "Stack", "open_bus", "running", "running_embedded", "running_embedded_url")
 
 log = structlog.get_logger("aiimg.stack")
 
