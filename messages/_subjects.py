@@ -181,6 +181,11 @@ class Names:
         return f"selfie.refs.{_safe_key_token(bot)}"
 
     @staticmethod
+    def object_stream(bucket: str) -> str:
+        """The stream behind object store ``bucket`` (standard layout: ``OBJ_<bucket>``)."""
+        return f"OBJ_{bucket}"
+
+    @staticmethod
     def object_meta_subject(bucket: str, name: str) -> str:
         """The standard object-store metadata subject of object ``name``."""
         return f"$O.{bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"

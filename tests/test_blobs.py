@@ -26,8 +26,12 @@ QUICK = Backoff(0.0, tries=3)
 """Missing-blob tests need not wait the real re-read delays: three tries, no wait."""
 
 
+QUICK_UNAVAILABLE = Backoff(0.01, tries=3)
+"""A bucket without direct gets is not waited for as long as a real election."""
+
+
 def quick(bus: Bus, **kw: int) -> BlobStore:
-    return BlobStore(bus, read_retry=QUICK, **kw)
+    return BlobStore(bus, read_retry=QUICK, unavailable_retry=QUICK_UNAVAILABLE, **kw)
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -324,6 +328,64 @@ async def test_missing_blob_is_read_a_few_times_before_it_fails(bus: Bus) -> Non
     with pytest.raises(BlobError, match="not found"):
         await store.get(ref)
     assert calls == QUICK.tries
+
+
+async def test_a_blob_store_without_responders_is_waited_for(bus: Bus) -> None:
+    """No responders to a direct get is what a bucket's stream answers while it has no leader
+    (an election). The read waits it out with direct gets — never the stream API, which the
+    shipped roles may not use — instead of calling the blob missing. Simulated here by a bucket
+    whose stream appears 0.3 s into the read."""
+    import anyio
+
+    bucket = f"late_{os.urandom(4).hex()}"
+    data = payload(CHUNK_SIZE + 5)
+    digest = hashlib.sha256(data).hexdigest()
+    ref = BlobRef(
+        name=f"sha256-{digest}", size=len(data), sha256=digest, mime="application/octet-stream", bucket=bucket
+    )
+    reader = BlobStore(bus, read_retry=Backoff(0.0, tries=1), unavailable_retry=Backoff(0.05, cap=0.2, within=10.0))
+    stream_api: list[object] = []
+    real_get_msg = bus.js.get_msg
+
+    async def get_msg(*args: object, **kw: object) -> object:
+        stream_api.append(args)
+        return await real_get_msg(*args, **kw)  # type: ignore[arg-type]
+
+    bus.js.get_msg = get_msg  # type: ignore[method-assign]
+
+    async def appear() -> None:
+        await anyio.sleep(0.3)
+        await bus.ensure_object_bucket(bucket, ttl=3600)
+        assert await BlobStore(bus, bucket).put(data) == ref
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(appear)
+            assert await reader.get(ref) == data
+    finally:
+        bus.js.get_msg = real_get_msg  # type: ignore[method-assign]
+        await bus.js.delete_stream(f"OBJ_{bucket}")
+    assert stream_api == []
+
+
+async def test_a_blob_store_that_stays_without_responders_gives_up(bus: Bus) -> None:
+    """After the backoff the stream API gets one try (buckets made without direct gets); a
+    bucket that does not exist is then a missing blob."""
+    store = BlobStore(bus, read_retry=Backoff(0.0, tries=1), unavailable_retry=Backoff(0.01, tries=3))
+    real = store._direct_info
+    calls = 0
+
+    async def counting(bucket: str, name: str) -> object:
+        nonlocal calls
+        calls += 1
+        return await real(bucket, name)
+
+    store._direct_info = counting  # type: ignore[method-assign,assignment]
+    digest = hashlib.sha256(b"nowhere").hexdigest()
+    ref = BlobRef(name=f"sha256-{digest}", size=7, sha256=digest, mime="image/png", bucket="no_such_bucket_x")
+    with pytest.raises(BlobError, match="not found"):
+        await store.get(ref)
+    assert calls == 3
 
 
 async def test_puts_and_gets_share_one_reply_subscription(bus: Bus) -> None:

@@ -51,7 +51,7 @@ from .retry import Backoff, retrying
 if TYPE_CHECKING:  # the bus builds these; a runtime import would be a cycle
     from .bus import Bus
 
-__all__ = ("BATCH_CHUNKS", "CHUNK_SIZE", "READ_RETRY", "WINDOW_BYTES", "BlobStore")
+__all__ = ("BATCH_CHUNKS", "CHUNK_SIZE", "READ_RETRY", "UNAVAILABLE_RETRY", "WINDOW_BYTES", "BlobStore")
 
 log = structlog.get_logger("aiimg.blobs")
 
@@ -72,6 +72,12 @@ THREAD_HASH_BYTES = 1024 * 1024
 
 READ_RETRY = Backoff(0.05, factor=4.0, cap=0.5, tries=4)
 """Reading a missing-looking blob again: three more tries, after 0.05, 0.2 and 0.5 s (see :meth:`BlobStore.get`)."""
+
+UNAVAILABLE_RETRY = Backoff(0.1, cap=1.0, within=5.0)
+"""Asking again for a blob's metadata when its bucket's direct get has no responders: every
+0.1 s, doubling to at most 1 s, for 5 s. That is what a JetStream cluster answers while the
+bucket's stream elects a leader (a node lost or restarting), so it is waited out, not read as
+"missing" (see :meth:`BlobStore._info`)."""
 
 _DIGEST_PREFIX = "SHA-256="
 _STATUS_END = frozenset({"204", "404"})
@@ -111,7 +117,9 @@ class BlobStore:
     bucket's sole owner may purge (a purge right covers the whole bucket); elsewhere such
     chunks are left to the bucket's TTL, and a debug line says so.
 
-    ``read_retry`` is how a blob that looks missing is read again (:data:`READ_RETRY`);
+    ``read_retry`` is how a blob that looks missing is read again (:data:`READ_RETRY`),
+    ``unavailable_retry`` how long a blob store without responders is waited for
+    (:data:`UNAVAILABLE_RETRY`);
     ``batch_chunks`` and ``window_bytes`` bound a get's batches and a put's unacknowledged
     bytes (:data:`BATCH_CHUNKS`, :data:`WINDOW_BYTES`).
     """
@@ -123,6 +131,7 @@ class BlobStore:
         *,
         purge: bool = True,
         read_retry: Backoff = READ_RETRY,
+        unavailable_retry: Backoff = UNAVAILABLE_RETRY,
         batch_chunks: int = BATCH_CHUNKS,
         window_bytes: int = WINDOW_BYTES,
     ) -> None:
@@ -130,6 +139,7 @@ class BlobStore:
         self.bucket = bucket or bus.names.blob_bucket
         self.purge = purge
         self.read_retry = read_retry
+        self.unavailable_retry = unavailable_retry
         self.batch_chunks = max(1, batch_chunks)
         self.window_bytes = window_bytes
         self.max_bytes = bus.config.retention.max_blob_bytes
@@ -280,30 +290,55 @@ class BlobStore:
         return age < self.max_age / 2
 
     async def _info(self, bucket: str, name: str) -> _ObjectInfo | None:
-        """The current metadata of ``name`` (one direct get), or ``None`` if there is none."""
-        stream = f"OBJ_{bucket}"
-        subject = _meta_subject(bucket, name)
-        nc = self.bus.nc
+        """The current metadata of ``name`` (one direct get), or ``None`` if there is none.
+
+        No responders is transient: the bucket's stream has no leader yet (an election) and
+        every role may wait that out, while few may use the stream API (``STREAM.MSG.GET``,
+        denied by the shipped permissions). So it is asked again (``unavailable_retry``), and
+        only then is the stream API tried, for buckets made elsewhere without direct gets;
+        where that is refused or the bucket does not exist, the read is a ``BlobError`` or
+        ``None`` (missing).
+        """
+
+        def again(exc: BaseException, wait: float) -> None:
+            log.debug("blob_store_no_responders", bucket=bucket, retry_in=wait)
+
         try:
-            msg = await nc.request(f"$JS.API.DIRECT.GET.{stream}.{subject}", b"", timeout=10.0)
+            return await retrying(
+                lambda: self._direct_info(bucket, name),
+                self.unavailable_retry,
+                retry_on=NoRespondersError,
+                on_retry=again,
+            )
         except NoRespondersError:
-            # Direct gets are off for this bucket (or it does not exist): ask the stream API.
-            try:
-                raw = await self.bus.js.get_msg(stream, subject=subject, direct=False)
-            except (NotFoundError, ObjectNotFoundError):
-                return None
-            payload = raw.data or b""
-            stamp = ""
+            pass
+        stream = Names.object_stream(bucket)
+        try:
+            raw = await self.bus.js.get_msg(stream, subject=_meta_subject(bucket, name), direct=False)
+        except (NotFoundError, ObjectNotFoundError):
+            return None
+        except (NatsTimeoutError, NoRespondersError, APIError) as exc:
+            raise BlobError(f"blob store for bucket {bucket} did not answer ({type(exc).__name__})") from None
+        return self._decode_info(raw.data or b"", name, "")
+
+    async def _direct_info(self, bucket: str, name: str) -> _ObjectInfo | None:
+        """One direct get of ``name``'s metadata; ``NoRespondersError`` when nobody answers it."""
+        stream = Names.object_stream(bucket)
+        try:
+            msg = await self.bus.nc.request(
+                Names.direct_get_subject(stream, _meta_subject(bucket, name)), b"", timeout=10.0
+            )
         except NatsTimeoutError:
             raise BlobError(f"blob store did not answer for {name}") from None
-        else:
-            status = (msg.headers or {}).get("Status")
-            if status == "404":
-                return None
-            if status:
-                raise BlobError(f"blob store refused to read {name}: status {status}")
-            payload = msg.data
-            stamp = (msg.headers or {}).get("Nats-Time-Stamp", "")
+        status = (msg.headers or {}).get("Status")
+        if status == "404":
+            return None
+        if status:
+            raise BlobError(f"blob store refused to read {name}: status {status}")
+        return self._decode_info(msg.data, name, (msg.headers or {}).get("Nats-Time-Stamp", ""))
+
+    @staticmethod
+    def _decode_info(payload: bytes, name: str, stamp: str) -> _ObjectInfo:
         try:
             info = _decode_info(payload)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -350,7 +385,8 @@ class BlobStore:
                 before = received
                 batch_done = anyio.Event()
                 request = {"seq": next_seq, "next_by_subj": chunk_subject, "batch": min(info.chunks, self.batch_chunks)}
-                await nc.publish(f"$JS.API.DIRECT.GET.OBJ_{bucket}", json.dumps(request).encode(), reply=inbox)
+                subject = Names.direct_get_subject(Names.object_stream(bucket))
+                await nc.publish(subject, json.dumps(request).encode(), reply=inbox)
                 with anyio.move_on_after(self._timeout(info.size)) as scope:
                     await batch_done.wait()
                 if scope.cancelled_caught:
@@ -387,7 +423,7 @@ class BlobStore:
             log.debug("blob_chunks_left_to_ttl", bucket=bucket, subject=subject)
             return
         try:
-            await self.bus.js.purge_stream(f"OBJ_{bucket}", subject=subject)
+            await self.bus.js.purge_stream(Names.object_stream(bucket), subject=subject)
         except (NatsTimeoutError, NotFoundError, APIError, ConnectionClosedError) as exc:
             # The chunks stay until the bucket's TTL (or forever in a bucket without one).
             log.warning("blob_chunks_not_purged", bucket=bucket, subject=subject, error=f"{type(exc).__name__}: {exc}")
