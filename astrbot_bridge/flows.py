@@ -2,7 +2,7 @@
 
 The :class:`Bridge` translates only: it parses the command (``commands``), reads the
 input images (``images``), paces the user (``feedback``), submits a job with
-``services.client`` / ``services.selfie``, waits for its terminal event and sends the
+``services.app.client`` / ``services.app.selfie``, waits for its terminal event and sends the
 result (``sending``). Provider choice, retries, fallbacks and size handling all happen
 in the router and the providers, configured by the same settings.
 """

@@ -3,7 +3,7 @@
 ``nats.url`` empty: a private nats-server, the router and the enabled provider actors run
 inside AstrBot's process (``services.stack``), configured from the plugin's settings.
 ``nats.url`` set: only a client connection; an ``aiimg serve`` elsewhere does the work.
-Either way the rest of the plugin sees the same :class:`~services.client.Client`.
+Either way the rest of the plugin sees the same :class:`~services.app.client.Client`.
 
 The bus lives in one background asyncio task for the plugin's lifetime, because
 ``open_bus`` and ``running`` are context managers that must be entered and left in the

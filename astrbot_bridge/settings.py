@@ -21,7 +21,7 @@ PLUGIN_NAME = "astrbot_plugin_aiimg"
 
 
 def load_settings(settings: Mapping[str, Any], data_dir: Path) -> Config:
-    """Raises :class:`~services.errors.ConfigError` naming the key when a value is invalid."""
+    """Raises :class:`~services.domain.errors.ConfigError` naming the key when a value is invalid."""
     data = dict(settings)
     if not str(data.get("data_dir") or "").strip():
         data["data_dir"] = str(data_dir)

@@ -2,12 +2,12 @@
 and the direct baselines (httpx against the same upstream, no bus) measured the same way.
 
 ``python -m bench._load jobs CONFIG.json N [--submitters K]``: submit N draw jobs with the
-real :class:`services.client.Client` from K concurrent tasks, count terminal events on
+real :class:`services.app.client.Client` from K concurrent tasks, count terminal events on
 one core subscription (``<prefix>.job.*.done``), and print a JSON summary.
 
 ``python -m bench._load direct URL N [--concurrency K] [--plain]``: N POSTs to ``URL`` with K
 in flight, each decoded as a provider would (msgspec, then pybase64). The client is the one a
-provider actor builds (``services.http.upstream_client``: httpx on aiohttp's transport);
+provider actor builds (``services.infra.http.upstream_client``: httpx on aiohttp's transport);
 ``--plain`` uses httpx's own transport instead (sharded pools, so it stays O(1) per request).
 
 ``python -m bench._load direct-memory URL``: one such call; prints the process's peak RSS

@@ -1,4 +1,4 @@
-"""The sharded httpx transport now lives in ``services.http``; re-exported for the bench baselines."""
+"""The sharded httpx transport now lives in ``services.infra.http``; re-exported for the bench baselines."""
 
 from __future__ import annotations
 

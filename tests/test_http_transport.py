@@ -1,4 +1,4 @@
-"""The provider actors' HTTP client (``services.http.upstream_client``) on raw loopback
+"""The provider actors' HTTP client (``services.infra.http.upstream_client``) on raw loopback
 sockets: what goes on the wire, and how every way an upstream connection can fail comes
 out as the httpx exception a provider maps to a typed failure reason."""
 

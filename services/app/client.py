@@ -94,7 +94,7 @@ class Client:
         """Store input images, write ``JobRequested``; return the job id.
 
         A job id is used once: submitting an id that already has events raises
-        :class:`~services.errors.BusError` (``job id … was already used``).
+        :class:`~services.domain.errors.BusError` (``job id … was already used``).
         """
         refs = list(inputs) + [await self.put_image(img) for img in images]
         if op in ("edit", "selfie") and not refs:

@@ -205,9 +205,9 @@ async def download(
 ) -> tuple[bytes, str]:
     """GET ``url`` safely: http(s) only, redirects re-checked, size cap, overall timeout.
 
-    ``http`` is the download client (:func:`services.http.download_client`): unless
+    ``http`` is the download client (:func:`services.infra.http.download_client`): unless
     ``network.allow_private_downloads`` is set it connects only to public addresses,
-    checked for every connection, every redirect hop included (:class:`~services.http.AddressGuard`).
+    checked for every connection, every redirect hop included (:class:`~services.infra.http.AddressGuard`).
     ``headers`` (e.g. an API key for a gateway that serves results behind auth) are sent
     only while the URL stays on ``url``'s origin: a redirect to another host never gets them.
     Returns ``(bytes, final_url)``. Failures are typed: ``network`` (unreachable, a name
@@ -218,7 +218,7 @@ async def download(
     if not (isinstance(http, DownloadClient) and http.guarded) and not net.allow_private_downloads:
         # Only the download client checks addresses; a caller mypy does not see (the bridge) could pass another.
         raise ConfigError(
-            "download() needs the guarded download client (services.http.download_client) "
+            "download() needs the guarded download client (services.infra.http.download_client) "
             "unless network.allow_private_downloads is true"
         )
     limit = max_bytes or net.download_max_bytes

@@ -1,12 +1,12 @@
 """The download guard: URLs named by upstream replies or chat messages, fetched safely.
 
 ``services.providers._common.download`` with the download client
-(``services.http.download_client``): http(s) only, every redirect re-checked, a size cap
+(``services.infra.http.download_client``): http(s) only, every redirect re-checked, a size cap
 on the declared and on the streamed length, an overall timeout, an API key that never
 follows a redirect to another origin — and no address that is not globally reachable,
 however it is spelled, whatever a name resolves to, and whenever it resolves:
 
-* an address is allowed only when public (``services.http.address_allowed``): loopback,
+* an address is allowed only when public (``services.infra.http.address_allowed``): loopback,
   private, link-local, shared (100.64/10, where cloud metadata lives), reserved,
   documentation, multicast, IPv4 inside IPv6 (mapped, NAT64, 6to4) are refused;
 * numeric spellings (``2130706433``, ``0x7f.1``, ``127.1``) and trailing dots are read as

@@ -1,4 +1,4 @@
-"""NATS authentication options (``services.bus.connect_options``) against real nats-servers.
+"""NATS authentication options (``services.infra.bus.connect_options``) against real nats-servers.
 
 User/password, token, TLS with a private CA and mutual TLS with a client certificate:
 each configuration runs a whole job. A wrong credential fails the connection with a
