@@ -177,6 +177,11 @@ class Names:
         """KV key of a bot's reference index, in its client's namespace ``selfie.<client>.<bot>``."""
         return f"selfie.{_token(client, 'client id')}.{_safe_key_token(bot)}"
 
+    def health_key(self, provider: str = _WILD, op: str = _WILD) -> str:
+        """KV key of the circuit breaker of ``provider`` for ``op`` (``health.<provider>.<op>``;
+        ``*`` for watches)."""
+        return f"health.{_token(provider, 'provider alias')}.{_token(op, 'operation')}"
+
     def legacy_selfie_key(self, bot: str) -> str:
         return f"selfie.refs.{_safe_key_token(bot)}"
 

@@ -46,6 +46,7 @@ from ..domain.errors import BusError, StaleView
 from ..domain.state import JobState, fold
 from .blobs import BlobStore
 from .embedded import Credentials
+from .health import KvHealth
 from .pull import Handler, PullConsumer
 from .retry import Backoff, retrying
 
@@ -441,14 +442,27 @@ class Bus:
     async def on_done(self, callback: Callable[[str], Awaitable[None]]) -> Subscription:
         """Call ``callback(job_id)`` for every terminal event written from now on; close the result to stop."""
 
-        async def on_msg(msg: Msg) -> None:
+        async def on_subject(subj: str) -> None:
             try:
-                job_id = self.names.parse(msg.subject).job_id
+                job_id = self.names.parse(subj).job_id
             except ValueError:
                 return
             await callback(job_id)
 
-        return _Subscription(await self.nc.subscribe(self.names.subject("done"), cb=on_msg))
+        return await self.notices(self.names.subject("done"), on_subject)
+
+    async def notices(self, subject: str, callback: Callable[[str], Awaitable[None]]) -> Subscription:
+        """Call ``callback(subject)`` for every message on ``subject`` (a plain subscription, from
+        now on, nothing replayed); close the result to stop."""
+
+        async def on_msg(msg: Msg) -> None:
+            await callback(msg.subject)
+
+        return _Subscription(await self.nc.subscribe(subject, cb=on_msg))
+
+    def health(self) -> KvHealth:
+        """The providers' circuit breakers in this deployment's KV bucket."""
+        return KvHealth(self)
 
     def blob_store(self, bucket: str | None = None, *, purge: bool = True) -> BlobStore:
         """Blobs on this connection (see :class:`~services.infra.blobs.BlobStore`)."""
