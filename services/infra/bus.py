@@ -53,6 +53,7 @@ from .retry import Backoff, retrying
 __all__ = (
     "MSG_ID",
     "Bus",
+    "ConsumerLoad",
     "JobLog",
     "Logged",
     "Subscription",
@@ -128,6 +129,18 @@ class JobLog:
 
     def folded(self, job_id: str) -> JobState:
         return fold(job_id, ((e.writer, e.event) for e in self.entries))
+
+
+class ConsumerLoad(NamedTuple):
+    """A durable consumer's backlog, as the server counts it."""
+
+    pending: int
+    """Messages not yet delivered (queued work)."""
+    in_flight: int
+    """Delivered and not yet acknowledged (running, or waiting on a durable timer)."""
+    redelivered: int
+    pulls_waiting: int
+    """Pull requests waiting for work: roughly, idle actor capacity that is connected."""
 
 
 class _LayoutMissing(Exception):
@@ -416,6 +429,18 @@ class Bus:
                     update_refused=str(exc),
                 )
         return found
+
+    async def consumer_load(self, name: str) -> ConsumerLoad | None:
+        """How busy durable consumer ``name`` is (``None`` if it does not exist)."""
+        doc = await self._consumer_info_raw(name)
+        if doc is None:
+            return None
+        return ConsumerLoad(
+            pending=int(doc.get("num_pending") or 0),
+            in_flight=int(doc.get("num_ack_pending") or 0),
+            redelivered=int(doc.get("num_redelivered") or 0),
+            pulls_waiting=int(doc.get("num_waiting") or 0),
+        )
 
     async def _consumer_info_raw(self, name: str) -> dict[str, Any] | None:
         """The server's JSON for consumer ``name`` (nats-py's model drops fields we must check)."""

@@ -8,9 +8,14 @@ never having seen a failure, plans the next jobs without grok, and says why in t
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
+import anyio
 import pytest
 
 from aiimg.messages import AttemptDispatched, JobCompleted, JobRequested
@@ -70,8 +75,33 @@ async def test_a_breaker_opened_by_one_router_process_is_honoured_by_another(nat
                 assert seen[0] == "local" and seen[1].startswith("grok: circuit open until"), seen
             assert len(grok.calls) == 2, "grok was called after its breaker opened"
             assert not b.saw("breaker_opened")  # B learned it from the bus, not from failures of its own
+
+            # `aiimg status` shows it, from the bus alone.
+            text = await _aiimg(config_path, "status")
+            assert re.search(r"^grok\s+draw\s+draw=open\s+2\s", text, re.M), text
+            assert "grok draw: circuit open until" in text and "key #1 rejected" in text, text
+            assert re.search(r"^local\s+draw,edit,selfie\s+closed\s+0\s+0 in flight, 0 queued", text, re.M), text
+            doc = json.loads(await _aiimg(config_path, "status", "--json"))
+            grok_status = next(p for p in doc["providers"] if p["provider"] == "grok")
+            assert [(x["op"], x["state"], x["failures"]) for x in grok_status["breakers"]] == [("draw", "open", 2)]
+            assert grok_status["recent_failures"] == 2 and doc["router"]["exists"]
     finally:
         a.stop()
         if b is not None:
             b.stop()
         await bus.close()
+
+
+async def _aiimg(config_path: Path, *args: str) -> str:
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "aiimg.services.app.cli", "--config", str(config_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+
+    res = await anyio.to_thread.run_sync(run)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
