@@ -101,9 +101,11 @@ class Names:
         return f"{self._up}_JOBS"
 
     @property
-    def jobs_subjects(self) -> str:
-        """The stream's subject filter: every job subject."""
-        return f"{self.prefix}.job.>"
+    def jobs_subjects(self) -> list[str]:
+        """The stream's subjects: exactly the layout's, so a publish on any other subject under
+        ``<prefix>.job.`` (a job id with a dot, an unknown kind) is refused at once (no stream
+        answers it) instead of being stored where no actor looks."""
+        return [self.subject(kind) for kind in ("requested", "cancel", "dispatch", "attempt", "done")]
 
     @property
     def router_consumer(self) -> str:

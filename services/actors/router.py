@@ -36,11 +36,13 @@ from ...messages import (
     JobFailed,
     JobRejected,
     JobRequested,
+    ParsedSubject,
 )
 from ..domain.admission import Admission
 from ..domain.errors import BusError, StaleView
 from ..domain.routing import decide
 from ..domain.state import JobState
+from ..infra.delivery import Delivery
 from ..infra.retry import Backoff
 from .health import HealthBoard
 from .jobs import CACHE_SIZE, Entry, JobRepository, KeyedLock
@@ -86,7 +88,7 @@ class Router:
         self.health = HealthBoard(bus.health(), bus.config)
         self.consumer = bus.consumer(
             bus.names.router_consumer,
-            decoding(bus.names, self.handle),
+            decoding(bus.names, self.handle, refused=self._refused),
             concurrency=concurrency or bus.config.actors.router_concurrency,
             name="router",
         )
@@ -114,6 +116,25 @@ class Router:
                 log.warning("consumer_check_failed", error=str(exc))
 
     # ---- per message ----------------------------------------------------------
+
+    async def _refused(self, delivery: Delivery, where: ParsedSubject, why: str) -> None:
+        """A request nobody can read still gets an answer, if it is its job's first message:
+        ``job.rejected.v1`` (``bad_request``, the decoder's words), so its client stops waiting.
+        (A later one, under an id already in use, must not end that job: it is only logged.)"""
+        if where.kind != "requested" or await self.bus.first_seq(where.job_id) != delivery.seq:
+            return
+        rejected = JobRejected(
+            job_id=where.job_id, reason="bad_request", message=f"unreadable request: {why}"[:2000], at=time.time()
+        )
+        try:
+            _, written = await self.bus.publish_checked(rejected, client=where.token, expect_last=delivery.seq)
+        except StaleView:
+            return  # something was written since: that job is in someone's hands
+        except (BusError, OSError, TimeoutError) as exc:
+            log.warning("reject_write_failed", error=str(exc)[:200])
+            return
+        if written:
+            _log_written(rejected)
 
     async def handle(self, inbound: Inbound) -> None:
         async with self._locks(inbound.where.job_id):

@@ -2,7 +2,7 @@
 
 Layout (names from :class:`messages.Names`):
 
-* stream ``AIIMG_JOBS`` on ``aiimg.job.>``: every job event, ``max_age`` = retention;
+* stream ``AIIMG_JOBS`` on the layout's job subjects (``Names.jobs_subjects``): every job event, ``max_age`` = retention;
 * durable pull consumers: ``router`` (requests, cancels, attempt results) and
   ``provider-<alias>`` (that provider's dispatch subject), created for every known
   alias so no work item is published before its consumer exists;
@@ -297,7 +297,7 @@ class Bus:
         except NotFoundError:
             return f"stream {n.jobs_stream} missing"
         if (
-            list(c.subjects or []) != [n.jobs_subjects]
+            sorted(c.subjects or []) != sorted(n.jobs_subjects)
             or abs((c.max_age or 0.0) - cfg.retention.job_max_age) > 1e-3
             or (c.num_replicas or 1) != cfg.nats.replicas
             or not c.allow_direct
@@ -325,7 +325,7 @@ class Bus:
         cfg = self.config
         stream = js_api.StreamConfig(
             name=n.jobs_stream,
-            subjects=[n.jobs_subjects],
+            subjects=n.jobs_subjects,
             retention=js_api.RetentionPolicy.LIMITS,
             storage=js_api.StorageType.FILE,
             max_age=cfg.retention.job_max_age,

@@ -126,7 +126,10 @@ class MemoryBus:
         return await self.publish_raw(subject, data), False
 
     async def publish_raw(self, subject: str, data: bytes) -> int:
-        """Store any bytes on any subject (what a client with publish rights could do)."""
+        """Store any bytes on any subject of the layout (what a client with publish rights could do);
+        like the stream, refuse any other subject."""
+        if not any(subject_matches(pattern, subject) for pattern in self.names.jobs_subjects):
+            raise BusError(f"no stream takes subject {subject!r}")
         seq = len(self._stream) + 1
         self._stream.append(_Stored(seq, subject, data))
         for consumer in self._consumers.values():
