@@ -73,6 +73,7 @@ FAILED_PREFIX: Mapping[str, str] = {
 
 REASONS: Mapping[Reason, str] = {
     "rate_limited": "请求太频繁被限流",
+    "quota_exhausted": "额度或余额已用完",
     "auth": "密钥无效或无权限",
     "bad_request": "请求被拒绝",
     "content_policy": "内容审核拦截",

@@ -89,6 +89,7 @@ def permissions(role: str, prefix: str = "aiimg") -> tuple[list[str], list[str]]
     n = Names(prefix)
     stream = n.jobs_stream
     results, kv = n.blob_bucket, n.kv_bucket
+    health = n.health_key().replace("*.*", ">")
     inbox = [f"{inbox_prefix(role)}.>"]
 
     # Every role: see that the layout exists, read job histories and results (direct gets).
@@ -100,6 +101,8 @@ def permissions(role: str, prefix: str = "aiimg") -> tuple[list[str], list[str]]
         f"$JS.API.CONSUMER.INFO.{stream}.*",
         *_direct_get(stream),
         *_direct_get(f"OBJ_{results}"),
+        # Provider health (circuit breakers): readable by all, for `aiimg status` too.
+        f"$JS.API.DIRECT.GET.KV_{kv}.$KV.{kv}.{health}",
     ]
 
     if role == "router":
@@ -118,8 +121,9 @@ def permissions(role: str, prefix: str = "aiimg") -> tuple[list[str], list[str]]
             n.subject("dispatch"),
             n.subject("attempt"),  # timeouts, as the provider that went silent
             n.subject("done"),
+            f"$KV.{kv}.{health}",  # breakers: written compare-and-set by routers only
         ]
-        return read + layout + work, inbox
+        return read + layout + work, [*inbox, f"$KV.{kv}.{health}"]
     if role in PROVIDERS:
         consumer = n.provider_consumer(role)
         work = [
@@ -235,6 +239,16 @@ MATRIX: tuple[Cell, ...] = (
         "pub",
         "$JS.API.DIRECT.GET.KV_{kv}.$KV.{kv}.selfie.{other}.bot",
     ),
+    _cell(
+        "read provider health",
+        "pub",
+        "$JS.API.DIRECT.GET.KV_{kv}.$KV.{kv}.health.grok.draw",
+        "router",
+        "provider",
+        "client",
+    ),
+    _cell("write provider health", "pub", "$KV.{kv}.health.grok.draw", "router"),
+    _cell("watch provider health", "sub", "$KV.{kv}.health.>", "router"),
     _cell("read its own replies", "sub", "_INBOX_aiimg-{self}.>", "router", "provider", "client"),
     _cell("read another actor's replies", "sub", "_INBOX_aiimg-{other}.>"),
 )

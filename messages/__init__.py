@@ -22,6 +22,8 @@ from ._events import JobFailed as JobFailed
 from ._events import JobRejected as JobRejected
 from ._events import JobRequested as JobRequested
 from ._events import TerminalEvent as TerminalEvent
+from ._health import BreakerState as BreakerState
+from ._health import ProviderHealth as ProviderHealth
 from ._placement import event_subject as event_subject
 from ._placement import kind_of as kind_of
 from ._placement import placed as placed
@@ -42,6 +44,7 @@ __all__ = (
     "AttemptFailed",
     "AttemptSucceeded",
     "BlobRef",
+    "BreakerState",
     "CancelRequested",
     "DEFAULT_PREFIX",
     "DecodeError",
@@ -59,6 +62,7 @@ __all__ = (
     "Operation",
     "ParsedSubject",
     "ProviderAlias",
+    "ProviderHealth",
     "REJECT_REASONS",
     "Reason",
     "RejectReason",

@@ -122,6 +122,8 @@ class AttemptDispatched(Event, frozen=True, kw_only=True, tag="attempt.dispatche
     """The whole provider chain planned for this job, for traces and for a restarted router."""
     deadline: float = 0.0
     not_before: float = 0.0
+    skipped: Annotated[dict[ProviderAlias, Text], msgspec.Meta(max_length=32)] = msgspec.field(default_factory=dict)
+    """Providers passed over for this attempt, and why (``circuit open until …``, ``not configured``)."""
 
 
 class AttemptSucceeded(Event, frozen=True, kw_only=True, tag="attempt.succeeded.v1"):

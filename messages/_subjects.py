@@ -101,9 +101,11 @@ class Names:
         return f"{self._up}_JOBS"
 
     @property
-    def jobs_subjects(self) -> str:
-        """The stream's subject filter: every job subject."""
-        return f"{self.prefix}.job.>"
+    def jobs_subjects(self) -> list[str]:
+        """The stream's subjects: exactly the layout's, so a publish on any other subject under
+        ``<prefix>.job.`` (a job id with a dot, an unknown kind) is refused at once (no stream
+        answers it) instead of being stored where no actor looks."""
+        return [self.subject(kind) for kind in ("requested", "cancel", "dispatch", "attempt", "done")]
 
     @property
     def router_consumer(self) -> str:
@@ -176,6 +178,11 @@ class Names:
     def selfie_key(self, client: str, bot: str) -> str:
         """KV key of a bot's reference index, in its client's namespace ``selfie.<client>.<bot>``."""
         return f"selfie.{_token(client, 'client id')}.{_safe_key_token(bot)}"
+
+    def health_key(self, provider: str = _WILD, op: str = _WILD) -> str:
+        """KV key of the circuit breaker of ``provider`` for ``op`` (``health.<provider>.<op>``;
+        ``*`` for watches)."""
+        return f"health.{_token(provider, 'provider alias')}.{_token(op, 'operation')}"
 
     def legacy_selfie_key(self, bot: str) -> str:
         return f"selfie.refs.{_safe_key_token(bot)}"

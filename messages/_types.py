@@ -13,6 +13,7 @@ Operation: TypeAlias = Literal["draw", "edit", "selfie", "video"]
 
 Reason: TypeAlias = Literal[
     "rate_limited",
+    "quota_exhausted",
     "auth",
     "bad_request",
     "content_policy",
@@ -23,10 +24,15 @@ Reason: TypeAlias = Literal[
     "network",
     "invalid_response",
 ]
-"""Why one attempt failed. Drives retry and fallback decisions (``policy.retry_reasons``)."""
+"""Why one attempt failed. Drives retry, fallback and circuit-breaker decisions
+(``policy.retry_reasons``, ``policy.breaker_reasons``).
+
+``rate_limited`` passes (try again soon); ``quota_exhausted`` does not (a balance, credits or a
+plan quota ran out: retrying the same account bills nothing and fails again)."""
 
 FAILURE_REASONS: tuple[Reason, ...] = (
     "rate_limited",
+    "quota_exhausted",
     "auth",
     "bad_request",
     "content_policy",

@@ -148,7 +148,7 @@ async def test_base_url_variants(base: str, fake: ArkFake, upstream: FakeUpstrea
         ("output_sensitive", "content_policy", 400, 0.0, "OutputImageSensitiveContentDetected"),
         ("item_sensitive", "content_policy", 200, 0.0, "OutputImageSensitiveContentDetected"),
         ("rate_limited", "rate_limited", 429, 3.0, "EndpointRPMExceeded"),
-        ("overdue", "auth", 403, 0.0, "account overdue"),
+        ("overdue", "quota_exhausted", 403, 0.0, "account overdue"),
         ("model_not_open", "unsupported", 404, 0.0, "ModelNotOpen"),
         ("overloaded", "upstream_error", 500, 0.0, "服务负载高"),
         ("empty", "no_image", 0, 0.0, "no image"),

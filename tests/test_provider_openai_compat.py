@@ -196,7 +196,7 @@ async def test_edit_4k_refused_is_retried_once_at_2k(fake: OpenAIImagesFake, htt
         ("forbidden", "auth", 403),
         ("not_found", "unsupported", 404),
         ("rate_limited", "rate_limited", 429),
-        ("quota", "rate_limited", 429),
+        ("quota", "quota_exhausted", 429),
         ("server_error", "upstream_error", 500),
         ("html", "invalid_response", 200),
         ("malformed", "invalid_response", 200),

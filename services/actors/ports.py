@@ -13,13 +13,13 @@ from typing import Protocol
 
 from anyio.abc import TaskStatus
 
-from ...messages import BlobRef, Event, Names
+from ...messages import BlobRef, Event, Names, ProviderHealth
 from ..domain.config import ConfigBase as Config
 from ..infra.bus import JobLog
 from ..infra.delivery import Delivery
 from ..infra.media import MediaInfo
 
-__all__ = ("BlobPort", "Closeable", "ConsumerRunner", "Handler", "JobBus")
+__all__ = ("BlobPort", "Closeable", "ConsumerRunner", "Handler", "HealthPort", "JobBus")
 
 Handler = Callable[[Delivery], Awaitable[None]]
 
@@ -44,6 +44,16 @@ class BlobPort(Protocol):
     async def get(self, ref: BlobRef) -> bytes: ...
 
     async def put(self, data: bytes, info: MediaInfo | None = None) -> BlobRef: ...
+
+
+class HealthPort(Protocol):
+    """Circuit-breaker records by key (``health.<provider>.<op>``), written compare-and-set."""
+
+    async def read(self, key: str) -> tuple[ProviderHealth | None, int]: ...
+
+    async def write(self, key: str, health: ProviderHealth, revision: int) -> int | None: ...
+
+    async def on_change(self, callback: Callable[[str], Awaitable[None]]) -> Closeable: ...
 
 
 class JobBus(Protocol):
@@ -72,3 +82,5 @@ class JobBus(Protocol):
     async def on_done(self, callback: Callable[[str], Awaitable[None]]) -> Closeable: ...
 
     def blob_store(self, bucket: str | None = None, *, purge: bool = True) -> BlobPort: ...
+
+    def health(self) -> HealthPort: ...

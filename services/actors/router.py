@@ -28,12 +28,23 @@ import time
 import anyio
 import structlog
 
-from ...messages import AttemptDispatched, AttemptFailed, JobEvent, JobFailed, JobRejected, JobRequested
+from ...messages import (
+    AttemptDispatched,
+    AttemptFailed,
+    AttemptSucceeded,
+    JobEvent,
+    JobFailed,
+    JobRejected,
+    JobRequested,
+    ParsedSubject,
+)
 from ..domain.admission import Admission
 from ..domain.errors import BusError, StaleView
 from ..domain.routing import decide
 from ..domain.state import JobState
+from ..infra.delivery import Delivery
 from ..infra.retry import Backoff
+from .health import HealthBoard
 from .jobs import CACHE_SIZE, Entry, JobRepository, KeyedLock
 from .ports import JobBus
 from .runtime import Inbound, decoding
@@ -74,9 +85,10 @@ class Router:
         self._locks = KeyedLock()
         limits = bus.config.limits
         self.admission = Admission(limits.max_jobs_per_client, limits.max_jobs_per_user)
+        self.health = HealthBoard(bus.health(), bus.config)
         self.consumer = bus.consumer(
             bus.names.router_consumer,
-            decoding(bus.names, self.handle),
+            decoding(bus.names, self.handle, refused=self._refused),
             concurrency=concurrency or bus.config.actors.router_concurrency,
             name="router",
         )
@@ -85,8 +97,9 @@ class Router:
         # The router owns the layout: a consumer re-filtered, paused or throttled by anyone
         # (a past misconfiguration, a client with too many rights) is put back before work starts.
         await self.bus.check_consumers(repair=True)
-        log.info("router_started")
         async with anyio.create_task_group() as tg:
+            await tg.start(self.health.run)
+            log.info("router_started")
             tg.start_soon(self._watch_consumers)
             await self.consumer.run(task_status=task_status)
             tg.cancel_scope.cancel()
@@ -103,6 +116,25 @@ class Router:
                 log.warning("consumer_check_failed", error=str(exc))
 
     # ---- per message ----------------------------------------------------------
+
+    async def _refused(self, delivery: Delivery, where: ParsedSubject, why: str) -> None:
+        """A request nobody can read still gets an answer, if it is its job's first message:
+        ``job.rejected.v1`` (``bad_request``, the decoder's words), so its client stops waiting.
+        (A later one, under an id already in use, must not end that job: it is only logged.)"""
+        if where.kind != "requested" or await self.bus.first_seq(where.job_id) != delivery.seq:
+            return
+        rejected = JobRejected(
+            job_id=where.job_id, reason="bad_request", message=f"unreadable request: {why}"[:2000], at=time.time()
+        )
+        try:
+            _, written = await self.bus.publish_checked(rejected, client=where.token, expect_last=delivery.seq)
+        except StaleView:
+            return  # something was written since: that job is in someone's hands
+        except (BusError, OSError, TimeoutError) as exc:
+            log.warning("reject_write_failed", error=str(exc)[:200])
+            return
+        if written:
+            _log_written(rejected)
 
     async def handle(self, inbound: Inbound) -> None:
         async with self._locks(inbound.where.job_id):
@@ -132,14 +164,18 @@ class Router:
             await delivery.ack()
             self.jobs.forget_if_done(job_id)
             return
+        if isinstance(event, AttemptSucceeded | AttemptFailed) and delivery.delivered == 1:
+            await self._observe(state, event)
         if state.attempts and job_id not in self.admission:
             # Running since before this router started (or handled by another replica so far).
             user = state.request.origin.get("user", "")
             self.admission.admit(job_id, state.client, user, state.attempts[-1].dispatch.deadline)
         for _ in range(MAX_WRITES_PER_MESSAGE):
             now = time.time()
-            decision = decide(entry.state, self.config, now)
+            decision = decide(entry.state, self.config, now, self.health.record)
             if decision.event is not None:
+                if not await self._probe_allowed(decision.event, now):
+                    continue  # another router's probe is out: decide again, now seeing it
                 entry = await self._write(entry, decision.event, now)
                 if entry.state.done:
                     break
@@ -171,8 +207,37 @@ class Router:
             return await self.jobs.reload(entry.state.job_id)
         if isinstance(written, AttemptDispatched):
             self.admission.renew(written.job_id, written.deadline)
+        elif isinstance(written, AttemptFailed) and entry.state.request is not None:
+            await self._observe(entry.state, written)  # a timeout, counted like a provider's failure
         _log_written(written)
         return entry
+
+    async def _observe(self, state: JobState, outcome: AttemptSucceeded | AttemptFailed) -> None:
+        """Count an attempt's outcome on its provider's breaker (only the dispatched provider's own)."""
+        req = state.request
+        attempt = next((a for a in state.attempts if a.n == outcome.attempt), None)
+        if req is None or attempt is None or attempt.outcome != outcome:
+            return  # not an outcome the job's state believes (a forged or a late one)
+        now = time.time()
+        try:
+            if isinstance(outcome, AttemptSucceeded):
+                await self.health.succeeded(outcome.provider, req.op, now)
+            else:
+                await self.health.failed(
+                    outcome.provider, req.op, outcome.reason, outcome.message, outcome.retry_after, now
+                )
+        except (BusError, OSError, TimeoutError) as exc:
+            log.warning("health_update_failed", provider=outcome.provider, error=str(exc)[:200])
+
+    async def _probe_allowed(self, event: JobEvent, now: float) -> bool:
+        """A dispatch to a provider whose breaker cooled down is its probe: claim it first."""
+        if not isinstance(event, AttemptDispatched) or not self.health.needs_probe(event.provider, event.op, now):
+            return True
+        try:
+            return await self.health.claim_probe(event.provider, event.op, now, max(1.0, event.deadline - now))
+        except (BusError, OSError, TimeoutError) as exc:
+            log.warning("health_update_failed", provider=event.provider, error=str(exc)[:200])
+            return True
 
     async def _hold_timer(self, inbound: Inbound, entry: Entry, due: float, now: float) -> None:
         """Wait durably until ``due``: this message comes back then (unless another already will)."""

@@ -25,7 +25,7 @@ from ...messages import DecodeError, JobEvent, Names, ParsedSubject, decode_even
 from ..infra.delivery import Delivery
 from .ports import Handler
 
-__all__ = ("Heartbeats", "Inbound", "decoding")
+__all__ = ("Heartbeats", "Inbound", "Refused", "decoding")
 
 log = structlog.get_logger("aiimg.runtime")
 
@@ -48,7 +48,18 @@ Accept = Callable[[ParsedSubject, JobEvent], str | None]
 """An actor's own check: why it refuses an event that is otherwise well-formed, or ``None``."""
 
 
-def decoding(names: Names, handler: Callable[[Inbound], Awaitable[None]], *, accept: Accept | None = None) -> Handler:
+Refused = Callable[[Delivery, ParsedSubject, str], Awaitable[None]]
+"""An actor's answer to a refused message whose subject names a job (after the log line, before
+the ``term``): the router ends a request nobody can read with ``job.rejected.v1``."""
+
+
+def decoding(
+    names: Names,
+    handler: Callable[[Inbound], Awaitable[None]],
+    *,
+    accept: Accept | None = None,
+    refused: Refused | None = None,
+) -> Handler:
     """A delivery handler that decodes and checks each message once, then calls ``handler``."""
 
     async def handle(delivery: Delivery) -> None:
@@ -60,13 +71,13 @@ def decoding(names: Names, handler: Callable[[Inbound], Awaitable[None]], *, acc
         try:
             event = decode_event(delivery.data)
         except DecodeError as exc:
-            await _reject(delivery, str(exc), job_id=where.job_id)
+            await _reject(delivery, str(exc), where, refused)
             return
         why = None if placed(where, event) else f"{event.__struct_config__.tag} does not belong on this subject"
         if why is None and accept is not None:
             why = accept(where, event)
         if why is not None:
-            await _reject(delivery, why, job_id=where.job_id)
+            await _reject(delivery, why, where, refused)
             return
         with bound_contextvars(job_id=where.job_id):
             await handler(Inbound(delivery, where, event))
@@ -74,8 +85,14 @@ def decoding(names: Names, handler: Callable[[Inbound], Awaitable[None]], *, acc
     return handle
 
 
-async def _reject(delivery: Delivery, reason: str, **fields: str) -> None:
+async def _reject(
+    delivery: Delivery, reason: str, where: ParsedSubject | None = None, refused: Refused | None = None
+) -> None:
+    fields = {"job_id": where.job_id} if where is not None else {}
     log.warning("rejected_message", reason=reason, **fields, **delivery.describe())
+    if where is not None and refused is not None:
+        with bound_contextvars(job_id=where.job_id):
+            await refused(delivery, where, reason)
     await delivery.term()
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import anyio
+import msgspec
 
 from ...messages import (
     AttemptDispatched,
@@ -29,6 +30,7 @@ from ..domain.errors import AiimgError, JobError
 from ..infra.logging import configure_logging, redact
 from .client import Client
 from .stack import Stack, open_bus, running
+from .status import collect_status, format_status
 
 __all__ = ("main",)
 
@@ -56,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("cancel", help="cancel a running job")
     k.add_argument("job_id")
+
+    st = sub.add_parser("status", help="each provider's breakers, backlog and recent failures")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
     return p
 
 
@@ -82,6 +87,15 @@ async def _dispatch(args: argparse.Namespace, config: Config) -> int:
         return await _serve(config, args.only)
     if args.command == "trace":
         return await _trace(config, args.job_id)
+    if args.command == "status":
+        async with open_bus(config) as bus:
+            status = await collect_status(bus, config)
+        if args.json:
+            print(msgspec.json.encode(status).decode())
+        else:
+            for line in format_status(status):
+                print(redact(line))
+        return 0
     if args.command == "cancel":
         async with open_bus(config) as bus:
             await Client(bus).cancel(args.job_id, "cancelled from the command line")
@@ -209,6 +223,7 @@ def format_trace(entries: Sequence[JobEvent | tuple[str, JobEvent]]) -> list[str
                 detail = f"attempt={e.attempt} chain={','.join(e.chain)}"
                 if e.not_before > e.at:
                     detail += f" delay={e.not_before - e.at:.1f}s"
+                detail += "".join(f" | skipped {k}: {v}" for k, v in e.skipped.items())
             case AttemptSucceeded():
                 detail = f"attempt={e.attempt} {e.result.mime} {e.result.width}x{e.result.height} {e.result.size}B {e.elapsed_ms}ms"
             case AttemptFailed():

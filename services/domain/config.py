@@ -153,6 +153,16 @@ class PolicyConfig(Block, kw_only=True):
     max_retry_after: float = 60.0
     timeout_grace: float = 15.0
     """Seconds added to a provider's ``timeout`` before the router counts an attempt as timed out."""
+    breaker_reasons: list[Reason] = msgspec.field(
+        default_factory=lambda: ["auth", "quota_exhausted", "unsupported", "rate_limited"]
+    )
+    """Failure reasons that count towards a provider's circuit breaker (shared by every router)."""
+    breaker_threshold: Annotated[int, msgspec.Meta(ge=1)] = 3
+    """Consecutive counted failures that open a breaker (one with an upstream retry hint opens it at once)."""
+    breaker_cooldown: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    """Seconds a breaker stays open without an upstream hint; doubles with each re-open."""
+    breaker_max_cooldown: Annotated[float, msgspec.Meta(gt=0)] = 900.0
+    """The longest a breaker stays open (and the longest upstream hint believed)."""
 
 
 class ActorsConfig(Block, kw_only=True):

@@ -8,6 +8,7 @@ and the time and returns the next event to write (or how long to wait).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...messages import (
@@ -23,12 +24,22 @@ from ...messages import (
     JobRequested,
     Names,
     Operation,
+    ProviderHealth,
 )
 from .config import ConfigBase
+from .health import blocked
 from .sizes import parse_output
 from .state import JobState
 
-__all__ = ("Decision", "Plan", "decide", "plan_chain", "request_problem", "retry_delay")
+__all__ = ("Decision", "Health", "Plan", "decide", "plan_chain", "request_problem", "retry_delay")
+
+Health = Callable[[str, Operation], ProviderHealth | None]
+"""The shared breaker record of a provider for an operation, as the router last read it."""
+
+
+def _no_health(provider: str, op: Operation) -> ProviderHealth | None:
+    return None
+
 
 _NEEDS_INPUT: frozenset[Operation] = frozenset({"edit", "selfie", "video"})
 
@@ -151,8 +162,13 @@ def retry_delay(config: ConfigBase, retries_used: int, retry_after: float) -> fl
     return float(max(backoff, retry_after))
 
 
-def decide(state: JobState, config: ConfigBase, now: float) -> Decision:
-    """The next step for ``state`` at time ``now``."""
+def decide(state: JobState, config: ConfigBase, now: float, health: Health = _no_health) -> Decision:
+    """The next step for ``state`` at time ``now``.
+
+    ``health`` gives the providers' circuit breakers: a provider whose breaker is open is
+    skipped (the dispatch's ``skipped`` says why), except that a job already on it retries
+    there when no provider after it is usable.
+    """
     req = state.request
     if req is None or state.terminal is not None:
         return Decision()
@@ -167,7 +183,11 @@ def decide(state: JobState, config: ConfigBase, now: float) -> Decision:
         if not plan.chain:
             why = "; ".join(f"{k}: {v}" for k, v in plan.skipped.items()) or "nothing configured"
             return Decision(JobFailed(job_id=state.job_id, message=f"no provider can {req.op} ({why})", at=now))
-        return Decision(_dispatch(config, req, plan.chain, plan.chain[0], 1, now, now))
+        first, skipped = _next_usable(plan.chain, req.op, health, now)
+        if first is None:
+            why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+            return Decision(JobFailed(job_id=state.job_id, message=f"no provider can {req.op} now ({why})", at=now))
+        return Decision(_dispatch(config, req, plan.chain, first, 1, now, now, skipped))
     outcome = current.outcome
     if outcome is None:
         if now >= current.dispatch.deadline:
@@ -195,21 +215,39 @@ def decide(state: JobState, config: ConfigBase, now: float) -> Decision:
         )
     chain = state.chain
     provider = current.provider
-    if outcome.reason in config.policy.retry_reasons:
+    idx = chain.index(provider) if provider in chain else len(chain)
+    nxt, skipped = _next_usable(chain[idx + 1 :], req.op, health, now)
+    if outcome.reason in config.policy.retry_reasons and (
+        nxt is None or blocked(health(provider, req.op), now) is None
+    ):
+        # Retry here, unless this provider's breaker is open and another one can take the job.
         used = _consecutive_on(state, provider) - 1
         if used < _max_retries(config, req.op, provider):
             delay = retry_delay(config, used, outcome.retry_after)
             if delay is not None:
                 return Decision(_dispatch(config, req, chain, provider, current.n + 1, now, now + delay))
-    idx = chain.index(provider) if provider in chain else len(chain)
-    for nxt in chain[idx + 1 :]:
-        return Decision(_dispatch(config, req, chain, nxt, current.n + 1, now, now))
+    if nxt is not None:
+        return Decision(_dispatch(config, req, chain, nxt, current.n + 1, now, now, skipped))
     failures = [
         FailureSummary(attempt=a.n, provider=a.provider, reason=a.outcome.reason, message=a.outcome.message)
         for a in state.attempts
         if isinstance(a.outcome, AttemptFailed)
     ]
-    return Decision(JobFailed(job_id=state.job_id, failures=failures, message="every provider failed", at=now))
+    message = "every provider failed"
+    if skipped:
+        message += " (skipped " + "; ".join(f"{k}: {v}" for k, v in skipped.items()) + ")"
+    return Decision(JobFailed(job_id=state.job_id, failures=failures, message=message, at=now))
+
+
+def _next_usable(candidates: list[str], op: Operation, health: Health, now: float) -> tuple[str | None, dict[str, str]]:
+    """The first of ``candidates`` whose breaker lets a job through, and those skipped before it."""
+    skipped: dict[str, str] = {}
+    for alias in candidates:
+        why = blocked(health(alias, op), now)
+        if why is None:
+            return alias, skipped
+        skipped[alias] = why
+    return None, skipped
 
 
 def _consecutive_on(state: JobState, provider: str) -> int:
@@ -222,7 +260,14 @@ def _consecutive_on(state: JobState, provider: str) -> int:
 
 
 def _dispatch(
-    config: ConfigBase, req: JobRequested, chain: list[str], provider: str, n: int, now: float, start: float
+    config: ConfigBase,
+    req: JobRequested,
+    chain: list[str],
+    provider: str,
+    n: int,
+    now: float,
+    start: float,
+    skipped: dict[str, str] | None = None,
 ) -> AttemptDispatched:
     block = config.block(req.op, provider)
     timeout = block.timeout if block is not None else 120.0
@@ -237,5 +282,6 @@ def _dispatch(
         chain=list(chain),
         deadline=start + timeout + config.policy.timeout_grace,
         not_before=start if start > now else 0.0,
+        skipped={k: v[:2000] for k, v in (skipped or {}).items()},
         at=now,
     )

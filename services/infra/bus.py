@@ -2,7 +2,7 @@
 
 Layout (names from :class:`messages.Names`):
 
-* stream ``AIIMG_JOBS`` on ``aiimg.job.>``: every job event, ``max_age`` = retention;
+* stream ``AIIMG_JOBS`` on the layout's job subjects (``Names.jobs_subjects``): every job event, ``max_age`` = retention;
 * durable pull consumers: ``router`` (requests, cancels, attempt results) and
   ``provider-<alias>`` (that provider's dispatch subject), created for every known
   alias so no work item is published before its consumer exists;
@@ -46,12 +46,14 @@ from ..domain.errors import BusError, StaleView
 from ..domain.state import JobState, fold
 from .blobs import BlobStore
 from .embedded import Credentials
+from .health import KvHealth
 from .pull import Handler, PullConsumer
 from .retry import Backoff, retrying
 
 __all__ = (
     "MSG_ID",
     "Bus",
+    "ConsumerLoad",
     "JobLog",
     "Logged",
     "Subscription",
@@ -127,6 +129,18 @@ class JobLog:
 
     def folded(self, job_id: str) -> JobState:
         return fold(job_id, ((e.writer, e.event) for e in self.entries))
+
+
+class ConsumerLoad(NamedTuple):
+    """A durable consumer's backlog, as the server counts it."""
+
+    pending: int
+    """Messages not yet delivered (queued work)."""
+    in_flight: int
+    """Delivered and not yet acknowledged (running, or waiting on a durable timer)."""
+    redelivered: int
+    pulls_waiting: int
+    """Pull requests waiting for work: roughly, idle actor capacity that is connected."""
 
 
 class _LayoutMissing(Exception):
@@ -283,7 +297,7 @@ class Bus:
         except NotFoundError:
             return f"stream {n.jobs_stream} missing"
         if (
-            list(c.subjects or []) != [n.jobs_subjects]
+            sorted(c.subjects or []) != sorted(n.jobs_subjects)
             or abs((c.max_age or 0.0) - cfg.retention.job_max_age) > 1e-3
             or (c.num_replicas or 1) != cfg.nats.replicas
             or not c.allow_direct
@@ -311,7 +325,7 @@ class Bus:
         cfg = self.config
         stream = js_api.StreamConfig(
             name=n.jobs_stream,
-            subjects=[n.jobs_subjects],
+            subjects=n.jobs_subjects,
             retention=js_api.RetentionPolicy.LIMITS,
             storage=js_api.StorageType.FILE,
             max_age=cfg.retention.job_max_age,
@@ -416,6 +430,18 @@ class Bus:
                 )
         return found
 
+    async def consumer_load(self, name: str) -> ConsumerLoad | None:
+        """How busy durable consumer ``name`` is (``None`` if it does not exist)."""
+        doc = await self._consumer_info_raw(name)
+        if doc is None:
+            return None
+        return ConsumerLoad(
+            pending=int(doc.get("num_pending") or 0),
+            in_flight=int(doc.get("num_ack_pending") or 0),
+            redelivered=int(doc.get("num_redelivered") or 0),
+            pulls_waiting=int(doc.get("num_waiting") or 0),
+        )
+
     async def _consumer_info_raw(self, name: str) -> dict[str, Any] | None:
         """The server's JSON for consumer ``name`` (nats-py's model drops fields we must check)."""
         try:
@@ -441,14 +467,27 @@ class Bus:
     async def on_done(self, callback: Callable[[str], Awaitable[None]]) -> Subscription:
         """Call ``callback(job_id)`` for every terminal event written from now on; close the result to stop."""
 
-        async def on_msg(msg: Msg) -> None:
+        async def on_subject(subj: str) -> None:
             try:
-                job_id = self.names.parse(msg.subject).job_id
+                job_id = self.names.parse(subj).job_id
             except ValueError:
                 return
             await callback(job_id)
 
-        return _Subscription(await self.nc.subscribe(self.names.subject("done"), cb=on_msg))
+        return await self.notices(self.names.subject("done"), on_subject)
+
+    async def notices(self, subject: str, callback: Callable[[str], Awaitable[None]]) -> Subscription:
+        """Call ``callback(subject)`` for every message on ``subject`` (a plain subscription, from
+        now on, nothing replayed); close the result to stop."""
+
+        async def on_msg(msg: Msg) -> None:
+            await callback(msg.subject)
+
+        return _Subscription(await self.nc.subscribe(subject, cb=on_msg))
+
+    def health(self) -> KvHealth:
+        """The providers' circuit breakers in this deployment's KV bucket."""
+        return KvHealth(self)
 
     def blob_store(self, bucket: str | None = None, *, purge: bool = True) -> BlobStore:
         """Blobs on this connection (see :class:`~services.infra.blobs.BlobStore`)."""

@@ -21,17 +21,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import msgspec
 import structlog
 from anyio.abc import TaskStatus
 
-from ...messages import BlobRef, DecodeError, Event, JobRequested, Names, decode_event, encode, event_subject, placed
+from ...messages import (
+    BlobRef,
+    DecodeError,
+    Event,
+    JobRequested,
+    Names,
+    ProviderHealth,
+    decode_event,
+    encode,
+    event_subject,
+    placed,
+)
 from ..domain.config import ConfigBase as Config
 from ..domain.errors import BlobError, BusError, StaleView
 from .bus import JobLog, Logged, consumer_configs
 from .delivery import Delivery, crash_delay
+from .health import decode_health
 from .media import MediaInfo, sniff_mime
 
-__all__ = ("MemoryBlobStore", "MemoryBus", "MemoryConsumer")
+__all__ = ("MemoryBlobStore", "MemoryBus", "MemoryConsumer", "MemoryHealth")
 
 log = structlog.get_logger("aiimg.memory")
 
@@ -67,6 +80,7 @@ class MemoryBus:
         self._consumers: dict[str, MemoryConsumer] = {}
         self._done: list[Callable[[str], Awaitable[None]]] = []
         self._blobs: dict[tuple[str, str], bytes] = {}
+        self._health = MemoryHealth()
 
     async def close(self) -> None:
         """Nothing to release (the same surface as ``Bus``)."""
@@ -112,7 +126,10 @@ class MemoryBus:
         return await self.publish_raw(subject, data), False
 
     async def publish_raw(self, subject: str, data: bytes) -> int:
-        """Store any bytes on any subject (what a client with publish rights could do)."""
+        """Store any bytes on any subject of the layout (what a client with publish rights could do);
+        like the stream, refuse any other subject."""
+        if not any(subject_matches(pattern, subject) for pattern in self.names.jobs_subjects):
+            raise BusError(f"no stream takes subject {subject!r}")
         seq = len(self._stream) + 1
         self._stream.append(_Stored(seq, subject, data))
         for consumer in self._consumers.values():
@@ -160,11 +177,16 @@ class MemoryBus:
         configs = {c.name: c for c in consumer_configs(self.names, self.config)}
         if durable not in configs:
             raise BusError(f"no durable consumer {durable} in the layout")
-        if durable in self._consumers:
+        before = self._consumers.get(durable)
+        if before is not None and not before._stopped.is_set():
             raise BusError(f"in-memory bus: consumer {durable} already has a runner")
         cfg = configs[durable]
         filters = list(cfg.filter_subjects or ([cfg.filter_subject] if cfg.filter_subject else []))
         consumer = MemoryConsumer(self, filters, handler, concurrency, float(cfg.ack_wait or 30.0), name or durable)
+        if before is not None:
+            # A restarted actor on the same durable: it continues where the stopped one left off,
+            # unacked and held-back messages included (as on JetStream).
+            consumer._next, consumer._pending, consumer._due = before._next, before._pending, before._due
         self._consumers[durable] = consumer
         return consumer
 
@@ -177,6 +199,38 @@ class MemoryBus:
 
     def blob_store(self, bucket: str | None = None, *, purge: bool = True) -> MemoryBlobStore:
         return MemoryBlobStore(self._blobs, bucket or self.names.blob_bucket, self.config.retention.max_blob_bytes)
+
+    def health(self) -> MemoryHealth:
+        return self._health
+
+
+class MemoryHealth:
+    """Breaker records by key with revisions, as the KV bucket keeps them (see ``infra.health``)."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, tuple[bytes, int]] = {}
+        self._revision = 0
+        self._listeners: list[Callable[[str], Awaitable[None]]] = []
+
+    async def read(self, key: str) -> tuple[ProviderHealth | None, int]:
+        if key not in self._records:
+            return None, 0
+        data, revision = self._records[key]
+        return decode_health(key, data), revision
+
+    async def write(self, key: str, health: ProviderHealth, revision: int) -> int | None:
+        current = self._records.get(key, (b"", 0))[1]
+        if current != revision:
+            return None
+        self._revision += 1
+        self._records[key] = (msgspec.json.encode(health), self._revision)
+        for listener in list(self._listeners):
+            await listener(key)
+        return self._revision
+
+    async def on_change(self, callback: Callable[[str], Awaitable[None]]) -> _Closer:
+        self._listeners.append(callback)
+        return _Closer(lambda: self._listeners.remove(callback))
 
 
 class _Closer:

@@ -120,6 +120,13 @@ POLICY_WORDS = re.compile(
 )
 """A moderation or content-policy block, in any upstream's words: the one matcher."""
 
+EXHAUSTED_WORDS = re.compile(
+    r"insufficient[ _-]?(?:quota|balance|credit|funds)|exceeded your current quota|credit balance is too low"
+    r"|billing (?:hard )?limit|account (?:is )?(?:overdue|in arrears)|余额不足|欠费|额度(?:已)?(?:用完|用尽|耗尽|不足)",
+    re.IGNORECASE,
+)
+"""A balance, credits or a plan quota that ran out: waiting a minute does not help (``quota_exhausted``)."""
+
 QUOTA_WORDS = re.compile(
     r"quota|credit|rate[ _-]?limit|too many requests|resource[ _]exhausted|额度|余额|欠费|限流|频繁", re.IGNORECASE
 )
@@ -150,6 +157,8 @@ class Words:
     def reason(self, text: str) -> Reason | None:
         if moderated(text):
             return "content_policy"
+        if EXHAUSTED_WORDS.search(text):
+            return "quota_exhausted"
         if QUOTA_WORDS.search(text) or (self.quota is not None and self.quota.search(text)):
             return "rate_limited"
         if AUTH_WORDS.search(text) or (self.auth is not None and self.auth.search(text)):
@@ -197,7 +206,8 @@ def classify(
 ) -> ProviderFailure:
     """The typed failure for what an upstream said: the one classifier.
 
-    In order: the upstream's ``codes``; 401/403 → ``auth``; 429 → ``rate_limited``; the
+    In order: the upstream's ``codes``; 401/403 → ``auth``; 429 → ``rate_limited`` (``quota_exhausted``
+    if its words say a balance ran out); the
     ``words`` of its message (policy, quota, credential); 404 → ``unsupported``; 408/504/524 →
     ``timeout``; other 4xx → ``bad_request``; 5xx → ``upstream_error``; and ``default`` for an
     error without an HTTP error status (inside a 200, a failed task).
@@ -217,9 +227,10 @@ def _meaning(said: Said, words: Words, default: Reason) -> Meaning:
     status = said.status
     if status in (401, 403):
         return Meaning("auth")
-    if status == 429:
-        return Meaning("rate_limited")
     said_reason = words.reason(said.text)
+    if status == 429:
+        # OpenAI says an empty balance with a 429 too ("insufficient_quota"): not a rate limit.
+        return Meaning("quota_exhausted" if said_reason == "quota_exhausted" else "rate_limited")
     if said_reason is not None:
         return Meaning(said_reason)
     if status == 404:

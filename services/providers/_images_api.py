@@ -72,7 +72,7 @@ OPENAI_CODES: Codes = {
     "content_policy_violation": Meaning("content_policy"),
     "content_filter": Meaning("content_policy"),
     "invalid_api_key": Meaning("auth"),
-    "insufficient_quota": Meaning("rate_limited", "quota exhausted"),
+    "insufficient_quota": Meaning("quota_exhausted"),
 }
 """OpenAI's error codes that say more than the status (a moderation block is a 400)."""
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}

@@ -152,10 +152,14 @@ def _load_in_astrbot(root: Path) -> None:
         f"""
         import asyncio, os, sys
         from types import SimpleNamespace
-        sys.path = [p for p in sys.path if os.path.realpath(p) != {str(ROOT)!r} and p not in ("", ".")]
+        def checkout(p):  # this project's checkout (the editable install's, or any other worktree)
+            return os.path.isfile(os.path.join(p, "aiimg", "__init__.py")) and os.path.isdir(os.path.join(p, "services"))
+        sys.path = [p for p in sys.path if p not in ("", ".") and not checkout(p)]
         sys.path.insert(0, {str(root)!r})
         import importlib.util
-        assert importlib.util.find_spec("aiimg") is None and importlib.util.find_spec("services") is None
+        for name in ("aiimg", "services"):
+            spec = importlib.util.find_spec(name)
+            assert spec is None, f"{{name}} importable from {{spec.origin or list(spec.submodule_search_locations or [])}}"
         from astrbot.core.star.context import Context
         from astrbot.core.star.star import star_map
         from astrbot.core.star.star_manager import PluginManager
