@@ -60,6 +60,7 @@ from aiimg.messages import (  # noqa: E402
     JobRejected,
     JobRequested,
     Names,
+    ProviderHealth,
     event_subject,
     kind_of,
 )
@@ -70,6 +71,8 @@ DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_FORMAT = "application/schema+json;version=draft-2020-12"
 UNION_FILE = "job-event.json"
 BLOB_REF_FILE = "blob-ref.json"
+HEALTH_FILE = "provider.health.v1.json"
+"""The circuit-breaker record in the KV bucket (``health.<provider>.<op>``), not a stream message."""
 
 EVENTS: tuple[type[msgspec.Struct], ...] = typing.get_args(JobEvent)
 """Every message of the job stream, in the union's order."""
@@ -168,8 +171,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 def _components() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """The union's schema and every struct's schema (``$ref``s as ``#/$defs/<Name>``), with field docs."""
-    (union,), defs = msgspec.json.schema_components([JobEvent], ref_template="#/$defs/{name}")
-    classes = {cls.__name__: cls for cls in (*EVENTS, BlobRef, FailureSummary)}
+    (union, _), defs = msgspec.json.schema_components([JobEvent, ProviderHealth], ref_template="#/$defs/{name}")
+    classes = {cls.__name__: cls for cls in (*EVENTS, BlobRef, FailureSummary, ProviderHealth)}
     for name, schema in defs.items():
         for field, doc in field_docs(classes[name]).items():
             prop = schema.get("properties", {}).get(field)
@@ -219,6 +222,7 @@ def schemas() -> dict[str, dict[str, Any]]:
         defs,
     )
     out[BLOB_REF_FILE] = _document(defs["BlobRef"], defs)
+    out[HEALTH_FILE] = _document(defs["ProviderHealth"], defs)
     return out
 
 

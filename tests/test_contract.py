@@ -24,7 +24,7 @@ import msgspec
 import pytest
 
 from aiimg import messages
-from aiimg.messages import JobEvent, JobRequested, Names, decode_event, encode
+from aiimg.messages import JobEvent, JobRequested, Names, ProviderHealth, decode_event, encode
 from aiimg.services.config import Config
 from aiimg.services.domain.routing import decide
 from aiimg.services.domain.state import fold
@@ -68,7 +68,8 @@ def test_check_notices_a_stale_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def test_one_schema_per_message_and_each_is_valid() -> None:
     tags = [cls.__struct_config__.tag for cls in typing.get_args(JobEvent)]
     files = sorted(p.name for p in (DOCS / "schema").glob("*.json"))
-    assert files == sorted([f"{t}.json" for t in tags] + ["blob-ref.json", "job-event.json"])
+    extra = ["blob-ref.json", "job-event.json", "provider.health.v1.json"]
+    assert files == sorted([f"{t}.json" for t in tags] + extra)
     for name in files:
         doc = _load(DOCS / "schema" / name)
         assert doc["$schema"] == "https://json-schema.org/draft/2020-12/schema"
@@ -519,3 +520,10 @@ def test_operations_agree_with_permissions_and_consumers(doc: dict[str, Any]) ->
                 assert may_receive, (role, "receive", cid, subj)
             elif role != "client":  # a client may follow any job subject; only the useful ones are listed
                 assert not may_receive, (role, "receive", cid, subj)
+
+
+def test_the_breaker_record_validates_against_its_schema() -> None:
+    doc = _load(DOCS / "schema" / "provider.health.v1.json")
+    record = ProviderHealth(provider="grok", op="draw", state="open", failures=3, reason="auth", until=1.0e9)
+    Validator(doc).validate(json.loads(msgspec.json.encode(record)))
+    assert list(Validator(doc).iter_errors({"type": "provider.health.v1", "provider": "grok", "op": "paint"}))
