@@ -31,7 +31,16 @@ _LEAF: dict[str, tuple[str, str]] = {
     "fallback_2": ("降级服务商 2", "留空表示不启用"),
     "fallback_3": ("降级服务商 3", "留空表示不启用"),
     "fallback_providers": ("降级服务商（旧版列表）", "旧版字段，在 fallback_1..3 之后读取"),
-    "base_url": ("Base URL", "填基础域名或带 /v1 的地址，不要填 /chat/completions 这类具体接口"),
+    "base_url": (
+        "Base URL",
+        "填 API 根地址，不要填 /chat/completions 这类具体接口。路径里已有版本段（/v1、/v1beta/openai、"
+        "/api/paas/v4、/api/v3 等）时原样使用，否则自动补 /v1；特殊网关请打开下面的“Base URL 原样使用”",
+    ),
+    "base_url_exact": (
+        "Base URL 原样使用",
+        "打开后不补 /v1、不去掉接口后缀，请求直接发到 <Base URL>/images/generations 等；"
+        "如 Google 填 https://generativelanguage.googleapis.com/v1beta/openai",
+    ),
     "api_url": ("API 地址", ""),
     "api_keys": ("API Keys", "可填多个，轮流使用"),
     "api_key": ("API Key", ""),
