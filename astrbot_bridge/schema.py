@@ -75,7 +75,10 @@ _PATH: dict[str, tuple[str, str]] = {
     "edit.fallback": ("改图降级策略", ""),
     "edit.fallback.enabled": ("启用降级", "关闭后只使用 edit.provider"),
     "edit.fallback.max_retries": ("每个服务商的重试次数", ""),
-    "edit.fallback.retry_delay": ("重试间隔（秒）", "指数退避的起点"),
+    "edit.fallback.retry_delay": (
+        "重试间隔（秒）",
+        "改图/自拍在同一服务商重试前等待的秒数，之后每次翻倍，最多 policy.max_backoff 秒",
+    ),
     "edit.presets": ("改图预设", "每行 名称:提示词，可用 /<名称> [补充] 或 /改图 <名称> 触发"),
     "selfie": ("自拍", "Bot 自拍：参考照 + 改图链"),
     "selfie.enabled": ("启用自拍", ""),

@@ -72,7 +72,10 @@ class DrawSection(Section, kw_only=True):
 class EditFallbackPolicy(Block, kw_only=True):
     enabled: bool = True
     max_retries: int = 2
+    """Retries of an edit or selfie on the same provider (in place of the block's ``max_retries``)."""
     retry_delay: float = 2.0
+    """Seconds before an edit's first retry on the same provider, doubling after each (in place of
+    ``policy.backoff``), capped at ``policy.max_backoff``."""
 
 
 class EditSection(Section, kw_only=True):
@@ -142,7 +145,8 @@ class PolicyConfig(Block, kw_only=True):
 
     A reason not in ``retry_reasons`` escalates to the next provider at once. A retried
     reason is retried up to the provider block's ``max_retries`` (for edits,
-    ``edit.fallback.max_retries``) with exponential backoff from ``backoff`` seconds;
+    ``edit.fallback.max_retries``) with exponential backoff from ``backoff`` seconds (for
+    edits, ``edit.fallback.retry_delay``);
     an upstream retry hint (``Retry-After``) replaces the backoff when it is longer,
     and a hint beyond ``max_retry_after`` escalates at once instead of waiting.
     """
