@@ -51,7 +51,11 @@ _LEAF: dict[str, tuple[str, str]] = {
     "timeout": ("超时（秒）", "一次尝试的最长时间"),
     "max_retries": ("重试次数", "限流/网络/服务端错误时在同一服务商上重试的次数"),
     "supports_edit": ("支持改图", "网关不支持图片输入时关闭，改图会直接交给降级服务商"),
-    "api_mode": ("接口模式", "chat：走 /v1/chat/completions 从回复中解析图片；images：走 /v1/images/*"),
+    "api_mode": (
+        "接口模式",
+        "chat：请求 <API 根地址>/chat/completions，从回复中解析图片；images：请求 <API 根地址>/images/generations"
+        "（改图 /images/edits）",
+    ),
     "extra_body": ("额外请求参数", "原样合并进请求体的 JSON 对象"),
     "use_proxy": ("使用代理", ""),
     "proxy_url": ("代理地址", ""),
@@ -89,11 +93,34 @@ _PATH: dict[str, tuple[str, str]] = {
     "selfie.max_references": ("参考照数量上限", ""),
     "video": ("视频", "Grok Imagine 图生视频：/视频 <提示词>"),
     "video.provider": ("视频服务商", ""),
-    "video.server_url": ("服务地址", "如 https://api.x.ai（不要以 /v1/chat/completions 结尾）"),
-    "video.timeout_seconds": ("单次请求超时（秒）", ""),
-    "video.empty_response_retry": ("空响应重试次数", ""),
-    "video.retry_delay": ("重试间隔（秒）", ""),
-    "video.send_mode": ("发送方式", "auto：先发链接，失败再发文件，最后发文字链接"),
+    "video.server_url": (
+        "服务地址",
+        "如 https://api.x.ai 或网关根地址；/v1 可带可不带，粘贴的 /v1/chat/completions 等接口地址也会还原成根地址",
+    ),
+    "video.api_mode": (
+        "接口模式",
+        "chat：POST /v1/chat/completions（提示词 + 首帧图），从回复中找视频链接，grok2api 类网关用这个；"
+        "videos：xAI 官方异步接口，POST /v1/videos/generations 后每隔“轮询间隔”GET /v1/videos/{id} 直到完成。"
+        "时长、比例、分辨率只在 videos 模式下发送",
+    ),
+    "video.model": (
+        "模型",
+        "chat 模式默认 grok-imagine-0.9；videos 模式下留空或仍为 grok-imagine-0.9 时改用 grok-imagine-video",
+    ),
+    "video.timeout_seconds": ("单次请求超时（秒）", "每个 HTTP 请求（提交、每次轮询）的上限；整个任务见“整个任务超时”"),
+    "video.empty_response_retry": ("空响应重试次数", "chat 模式：回复里没有视频链接时再问几次"),
+    "video.retry_delay": ("重试间隔（秒）", "chat 模式：两次空响应重试之间等待的秒数"),
+    "video.poll_interval": ("轮询间隔（秒）", "videos 模式：两次查询任务状态之间的秒数"),
+    "video.duration": ("时长（秒）", "videos 模式：1–15 秒；0 表示由服务端决定"),
+    "video.aspect_ratio": (
+        "画面比例",
+        "videos 模式：1:1、16:9、9:16、4:3、3:4、3:2、2:3；留空跟随首帧图片",
+    ),
+    "video.resolution": ("分辨率", "videos 模式：480p 或 720p；留空由服务端决定"),
+    "video.send_mode": (
+        "发送方式",
+        "auto：先按链接发视频，失败再发文件，最后发文字链接；url：只试链接，再发文字链接；file：只试文件，再发文字链接",
+    ),
     "video.send_timeout_seconds": ("发送超时（秒）", ""),
     "video.download_timeout_seconds": ("下载超时（秒）", ""),
     "video.max_cached_videos": ("缓存视频数量", "0 表示不清理"),
@@ -144,7 +171,8 @@ class _Page:
 
 
 _TEXT = frozenset({"selfie.prompt_prefix", "edit.negative_prompt", "draw.gitee.negative_prompt"})
-_INVISIBLE = frozenset({"draw.fallback_providers", "edit.fallback_providers"})
+_INVISIBLE = frozenset({"draw.fallback_providers", "edit.fallback_providers", "video.supports_edit"})
+"""Keys the page hides: legacy lists, and ``video.supports_edit`` (every block has it; a video is no edit)."""
 _IMAGE_TYPES = ["png", "jpg", "jpeg", "webp"]
 
 
