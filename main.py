@@ -23,6 +23,7 @@ from astrbot.core.star.filter.custom_filter import CustomFilter
 from astrbot.core.utils.astrbot_path import get_astrbot_data_path
 
 from .astrbot_bridge.flows import HANDLED, Bridge, proactive_sink
+from .astrbot_bridge.logs import route_core_logs, warn_missing_keys
 from .astrbot_bridge.settings import PLUGIN_NAME, load_settings
 
 __all__ = ("AiimgPlugin", "FallbackFilter")
@@ -58,6 +59,8 @@ class AiimgPlugin(Star):
             self.config_error = str(exc)
             logger.error(f"aiimg: invalid plugin settings: {exc}")
             return
+        route_core_logs(cfg)
+        warn_missing_keys(cfg)
         # AstrBot's desktop build pip-installs plugin requirements into data/site-packages.
         site_packages = Path(get_astrbot_data_path()) / "site-packages"
         self.bridge = Bridge(cfg, data_dir=data_dir, site_packages=site_packages)

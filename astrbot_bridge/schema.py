@@ -135,7 +135,12 @@ _PATH: dict[str, tuple[str, str]] = {
     "actors": ("并发", ""),
     "network": ("网络", "下载上游返回的 URL 时的限制"),
     "limits": ("请求上限", "单个任务的输入图片数量/大小、图片像素上限、每个客户端/用户同时进行的任务数"),
-    "log": ("日志", ""),
+    "log": ("日志", "插件内运行时，核心日志写入 AstrBot 日志（带任务 ID，密钥已打码）"),
+    "log.level": ("日志级别", "低于所选级别（debug < info < warning < error）的核心日志不输出"),
+    "log.format": (
+        "日志格式",
+        "auto：插件内为 事件 键=值，独立运行时终端用 console、否则 json；console：事件 键=值；json：每行一个 JSON 对象",
+    ),
     "data_dir": ("数据目录", "留空：AstrBot 的 data/plugin_data/<插件名>"),
     "max_cached_images": ("缓存图片数量", "超出后删除最旧的结果图片"),
     "debounce_interval": ("防抖间隔（秒）", "同一用户两次请求的最短间隔；被拒绝的请求不会延长间隔"),

@@ -263,6 +263,51 @@ class ConfigBase(Block, kw_only=True):
             return False
         return True
 
+    def selected_providers(self) -> dict[str, list[tuple[str, Operation]]]:
+        """Alias → where the settings choose it (``draw.provider``, ``edit.fallback_1``, …) and for which
+        operation: the primaries and fallbacks that ``plan_chain`` would try, in that order."""
+        picks: list[tuple[str, Operation, str]] = []
+        sections: tuple[tuple[Operation, Section], ...] = (("draw", self.draw), ("edit", self.edit))
+        for op, section in sections:
+            picks.append((f"{op}.provider", op, section.provider))
+            if op == "draw" or self.edit.fallback.enabled:
+                for n, name in enumerate(section.fallbacks()):
+                    where = f"{op}.fallback_{n + 1}" if n < 3 else f"{op}.fallback_providers"
+                    picks.append((where, op, name))
+        prefer = self.selfie.prefer_provider.strip()
+        if self.selfie.enabled and prefer and prefer.lower() != "auto":
+            picks.append(("selfie.prefer_provider", "selfie", prefer))
+        if self.video.enabled:
+            picks.append(("video.provider", "video", self.video.provider))
+        out: dict[str, list[tuple[str, Operation]]] = {}
+        for where, op, name in picks:
+            alias = self.canonical(op, name) if name.strip() else ""
+            if alias:
+                out.setdefault(alias, []).append((where, op))
+        return out
+
+    def missing_credentials(self) -> dict[str, tuple[list[str], list[str]]]:
+        """Alias → (where it is selected, its empty credential keys) for each selected provider
+        whose block for that operation has no API key / cookie: ``plan_chain`` skips it as not
+        configured, so its jobs go to the next provider or fail."""
+        out: dict[str, tuple[list[str], list[str]]] = {}
+        for alias, uses in self.selected_providers().items():
+            wheres: list[str] = []
+            keys: list[str] = []
+            for where, op in uses:
+                block = self.block(op, alias)
+                if block is None or op not in self.capabilities.get(alias, ()):
+                    continue  # unknown, or cannot do op: plan_chain says so
+                missing = block.missing_credentials()
+                if not missing:
+                    continue
+                wheres.append(where)
+                prefix = "video" if op == "video" else f"{'draw' if op == 'draw' else 'edit'}.{alias}"
+                keys += [f"{prefix}.{k}" for k in missing if f"{prefix}.{k}" not in keys]
+            if keys:
+                out[alias] = (wheres, keys)
+        return out
+
     def enabled_providers(self) -> list[str]:
         """Every alias that some operation can use with this config (what ``serve`` starts)."""
         ops: tuple[Operation, ...] = ("draw", "edit", "video")
