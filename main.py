@@ -1,4 +1,4 @@
-"""AstrBot plugin entry point: registers the commands and the LLM tool, and wires them to the bridge.
+"""AstrBot plugin entry point: registers the commands and the LLM tools, and wires them to the bridge.
 
 The repository root is the plugin: AstrBot ("install from URL" on this repository, or the
 zip from ``deploy/build_astrbot_plugin.py``) puts it at ``data/plugins/astrbot_plugin_aiimg``
@@ -23,6 +23,7 @@ from astrbot.core.star.filter.custom_filter import CustomFilter
 from astrbot.core.utils.astrbot_path import get_astrbot_data_path
 
 from .astrbot_bridge.flows import HANDLED, Bridge, proactive_sink
+from .astrbot_bridge.logs import route_core_logs, warn_missing_keys
 from .astrbot_bridge.settings import PLUGIN_NAME, load_settings
 
 __all__ = ("AiimgPlugin", "FallbackFilter")
@@ -58,6 +59,8 @@ class AiimgPlugin(Star):
             self.config_error = str(exc)
             logger.error(f"aiimg: invalid plugin settings: {exc}")
             return
+        route_core_logs(cfg)
+        warn_missing_keys(cfg)
         # AstrBot's desktop build pip-installs plugin requirements into data/site-packages.
         site_packages = Path(get_astrbot_data_path()) / "site-packages"
         self.bridge = Bridge(cfg, data_dir=data_dir, site_packages=site_packages)
@@ -160,7 +163,7 @@ class AiimgPlugin(Star):
         await self.bridge.handle(event, request)
         event.stop_event()
 
-    # ---- LLM tool -------------------------------------------------------------------
+    # ---- LLM tools -----------------------------------------------------------------
 
     @filter.llm_tool(name="aiimg_generate")
     async def aiimg_generate(
@@ -183,3 +186,15 @@ class AiimgPlugin(Star):
             return f"aiimg 插件配置错误：{self.config_error}"
         later = proactive_sink(self.context, event.unified_msg_origin)
         return await self.bridge.tool(event, prompt=prompt, mode=mode, backend=backend, output=output, later=later)
+
+    @filter.llm_tool(name="aiimg_generate_video")
+    async def aiimg_generate_video(self, event: AstrMessageEvent, prompt: str = "") -> str:
+        """生成一段短视频（图生视频）。消息里有图片（发送、引用或 @ 某人的头像）时用它作为首帧，没有时先按描述生成首帧图片。任务提交后立即返回，视频几分钟后直接发送给用户，不要重复调用。
+
+        Args:
+            prompt(string): 视频内容描述：画面里有什么、发生什么动作、镜头怎么动（用户的原话即可）
+        """
+        if self.bridge is None:
+            return f"aiimg 插件配置错误：{self.config_error}"
+        later = proactive_sink(self.context, event.unified_msg_origin)
+        return await self.bridge.video_tool(event, prompt=prompt, later=later)

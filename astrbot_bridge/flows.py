@@ -10,7 +10,7 @@ in the router and the providers, configured by the same settings.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from astrbot.api import logger
 from astrbot.api import message_components as Comp
 from astrbot.api.event import MessageChain
 
-from ..messages import JobCompleted, Operation
+from ..messages import BlobRef, JobCompleted, Operation
 from ..services.app.client import Client
 from ..services.app.selfie import submit_selfie, webui_references
 from ..services.config import Config
@@ -37,6 +37,10 @@ HANDLED = "aiimg_handled"
 """Event extra set once a handler of this plugin took the message (the fallback then stays out)."""
 
 REF_SHOW_LIMIT = 5
+
+VIDEO_FRAME_OUTPUT = "16:9 1K"
+"""Size of the start frame the video tool draws when the message has no image: video-shaped,
+and small enough to send to the video API as a data URL."""
 
 
 def event_sink(event: Any) -> Sink:
@@ -219,6 +223,7 @@ class Bridge:
         *,
         output: str = "",
         backend: str = "",
+        inputs: Sequence[BlobRef] = (),
     ) -> tuple[str, str]:
         """``(job_id, "")``, or ``("", why)`` with the text explaining why no job was written."""
         try:
@@ -238,7 +243,7 @@ class Bridge:
                 )
             else:
                 job = await client.submit(
-                    op, prompt, images=images, output=output, backend=backend, origin=_origin(event)
+                    op, prompt, images=images, inputs=inputs, output=output, backend=backend, origin=_origin(event)
                 )
         except SelfieError as exc:
             return "", texts.SELFIE_DISABLED if exc.code == "disabled" else texts.SELFIE_NO_REFS
@@ -248,8 +253,11 @@ class Bridge:
             return "", texts.BUS_DOWN.format(reason=f"{type(exc).__name__}: {exc}")
         return job, ""
 
-    async def _deliver(self, event: Any, sink: Sink, client: Client, op: Operation, job_id: str) -> bool:
-        """Wait for the job's end and send the result or the reasons; True on success."""
+    async def _completed(
+        self, sink: Sink, client: Client, op: Operation, job_id: str, *, failed: str = "{text}"
+    ) -> JobCompleted | None:
+        """Wait for the job's end; on anything but success tell the chat why (``failed`` wraps the
+        failure text) and return None. A job that outlives its budget is cancelled."""
         budget = wait_budget(self.config, op)
         try:
             end = await client.wait(job_id, timeout=budget)
@@ -259,12 +267,19 @@ class Bridge:
             except Exception as exc:  # the bus went away: the job ends by its own deadline instead
                 logger.warning(f"aiimg: could not cancel job {job_id}: {type(exc).__name__}: {exc}")
             await send_text(sink, texts.TIMEOUT.format(seconds=budget))
-            return False
+            return None
         except Exception as exc:
             await send_text(sink, texts.BUS_DOWN.format(reason=f"{type(exc).__name__}: {exc}"))
-            return False
+            return None
         if not isinstance(end, JobCompleted):
-            await send_text(sink, texts.failure_text(op, end))
+            await send_text(sink, failed.format(text=texts.failure_text(op, end)))
+            return None
+        return end
+
+    async def _deliver(self, event: Any, sink: Sink, client: Client, op: Operation, job_id: str) -> bool:
+        """Wait for the job's end and send the result or the reasons; True on success."""
+        end = await self._completed(sink, client, op, job_id)
+        if end is None:
             return False
         try:
             data = await client.blobs.get(end.result)
@@ -402,6 +417,68 @@ class Bridge:
         await react(event, PROCESSING)
         self._background(self._finish_later(event, later, client, op, job, user))
         return texts.TOOL_STARTED.format(what=texts.WHAT[op], job=job)
+
+    async def video_tool(self, event: Any, *, prompt: str, later: Sink) -> str:
+        """``aiimg_generate_video``: submit now, answer the LLM at once, send the video later via ``later``.
+
+        The start frame is the message's image (quoted, sent, else an @-mentioned user's avatar);
+        a message without one gets a frame drawn from the prompt first (``VIDEO_FRAME_OUTPUT``,
+        on the draw chain), which the video job then animates.
+        """
+        if not self.config.video.enabled:
+            return texts.VIDEO_DISABLED
+        prompt = prompt.strip()
+        if not prompt:
+            return texts.TOOL_EMPTY_VIDEO_PROMPT
+        if not await self.runtime.start() or self.runtime.client is None:
+            return texts.BUS_DOWN.format(reason=self.runtime.error or "not started")
+        client = self.runtime.client
+        images = await self._images(event, mentions=True)
+        user = str(event.get_sender_id())
+        if not self.debounce.hit(f"video:{user}"):
+            return texts.TOO_FAST
+        if not self.videos.try_acquire(user):
+            return texts.VIDEO_BUSY
+        if images:
+            job, why = await self._try_submit(event, client, "video", prompt, images[:1])
+        else:
+            job, why = await self._try_submit(event, client, "draw", prompt, [], output=VIDEO_FRAME_OUTPUT)
+        if why:
+            self.videos.release(user)
+            return why
+        await react(event, PROCESSING)
+        self._background(self._video_later(event, later, client, job, user, prompt=prompt, frame=not images))
+        return (texts.TOOL_STARTED if images else texts.TOOL_VIDEO_FRAME_FIRST).format(
+            what=texts.WHAT["video"], job=job
+        )
+
+    async def _video_later(
+        self, event: Any, sink: Sink, client: Client, job: str, user: str, *, prompt: str, frame: bool
+    ) -> None:
+        """Deliver a tool's video; with ``frame``, ``job`` draws the start frame and the video comes after."""
+        with self.videos.held(user):
+            try:
+                ok = False
+                video_job: str | None = job
+                if frame:
+                    video_job = await self._animate(event, sink, client, job, prompt)
+                if video_job is not None:
+                    ok = await self._deliver(event, sink, client, "video", video_job)
+            except Exception as exc:
+                logger.error(f"aiimg: delivering video job {job} failed: {type(exc).__name__}: {exc}")
+                ok = False
+            await react(event, SUCCEEDED if ok else FAILED)
+
+    async def _animate(self, event: Any, sink: Sink, client: Client, frame_job: str, prompt: str) -> str | None:
+        """Wait for the drawn start frame, then submit the video job on it (its result blob, not a copy)."""
+        drawn = await self._completed(sink, client, "draw", frame_job, failed=texts.VIDEO_FRAME_FAILED)
+        if drawn is None:
+            return None
+        job, why = await self._try_submit(event, client, "video", prompt, [], inputs=[drawn.result])
+        if why:
+            await send_text(sink, why)
+            return None
+        return job
 
     async def _finish_later(self, event: Any, sink: Sink, client: Client, op: Operation, job: str, user: str) -> None:
         with self.slots.held(user):

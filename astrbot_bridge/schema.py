@@ -31,7 +31,16 @@ _LEAF: dict[str, tuple[str, str]] = {
     "fallback_2": ("降级服务商 2", "留空表示不启用"),
     "fallback_3": ("降级服务商 3", "留空表示不启用"),
     "fallback_providers": ("降级服务商（旧版列表）", "旧版字段，在 fallback_1..3 之后读取"),
-    "base_url": ("Base URL", "填基础域名或带 /v1 的地址，不要填 /chat/completions 这类具体接口"),
+    "base_url": (
+        "Base URL",
+        "填 API 根地址，不要填 /chat/completions 这类具体接口。路径里已有版本段（/v1、/v1beta/openai、"
+        "/api/paas/v4、/api/v3 等）时原样使用，否则自动补 /v1；特殊网关请打开下面的“Base URL 原样使用”",
+    ),
+    "base_url_exact": (
+        "Base URL 原样使用",
+        "打开后不补 /v1、不去掉接口后缀，请求直接发到 <Base URL>/images/generations 等；"
+        "如 Google 填 https://generativelanguage.googleapis.com/v1beta/openai",
+    ),
     "api_url": ("API 地址", ""),
     "api_keys": ("API Keys", "可填多个，轮流使用"),
     "api_key": ("API Key", ""),
@@ -42,7 +51,11 @@ _LEAF: dict[str, tuple[str, str]] = {
     "timeout": ("超时（秒）", "一次尝试的最长时间"),
     "max_retries": ("重试次数", "限流/网络/服务端错误时在同一服务商上重试的次数"),
     "supports_edit": ("支持改图", "网关不支持图片输入时关闭，改图会直接交给降级服务商"),
-    "api_mode": ("接口模式", "chat：走 /v1/chat/completions 从回复中解析图片；images：走 /v1/images/*"),
+    "api_mode": (
+        "接口模式",
+        "chat：请求 <API 根地址>/chat/completions，从回复中解析图片；images：请求 <API 根地址>/images/generations"
+        "（改图 /images/edits）",
+    ),
     "extra_body": ("额外请求参数", "原样合并进请求体的 JSON 对象"),
     "use_proxy": ("使用代理", ""),
     "proxy_url": ("代理地址", ""),
@@ -66,7 +79,10 @@ _PATH: dict[str, tuple[str, str]] = {
     "edit.fallback": ("改图降级策略", ""),
     "edit.fallback.enabled": ("启用降级", "关闭后只使用 edit.provider"),
     "edit.fallback.max_retries": ("每个服务商的重试次数", ""),
-    "edit.fallback.retry_delay": ("重试间隔（秒）", "指数退避的起点"),
+    "edit.fallback.retry_delay": (
+        "重试间隔（秒）",
+        "改图/自拍在同一服务商重试前等待的秒数，之后每次翻倍，最多 policy.max_backoff 秒",
+    ),
     "edit.presets": ("改图预设", "每行 名称:提示词，可用 /<名称> [补充] 或 /改图 <名称> 触发"),
     "selfie": ("自拍", "Bot 自拍：参考照 + 改图链"),
     "selfie.enabled": ("启用自拍", ""),
@@ -77,11 +93,34 @@ _PATH: dict[str, tuple[str, str]] = {
     "selfie.max_references": ("参考照数量上限", ""),
     "video": ("视频", "Grok Imagine 图生视频：/视频 <提示词>"),
     "video.provider": ("视频服务商", ""),
-    "video.server_url": ("服务地址", "如 https://api.x.ai（不要以 /v1/chat/completions 结尾）"),
-    "video.timeout_seconds": ("单次请求超时（秒）", ""),
-    "video.empty_response_retry": ("空响应重试次数", ""),
-    "video.retry_delay": ("重试间隔（秒）", ""),
-    "video.send_mode": ("发送方式", "auto：先发链接，失败再发文件，最后发文字链接"),
+    "video.server_url": (
+        "服务地址",
+        "如 https://api.x.ai 或网关根地址；/v1 可带可不带，粘贴的 /v1/chat/completions 等接口地址也会还原成根地址",
+    ),
+    "video.api_mode": (
+        "接口模式",
+        "chat：POST /v1/chat/completions（提示词 + 首帧图），从回复中找视频链接，grok2api 类网关用这个；"
+        "videos：xAI 官方异步接口，POST /v1/videos/generations 后每隔“轮询间隔”GET /v1/videos/{id} 直到完成。"
+        "时长、比例、分辨率只在 videos 模式下发送",
+    ),
+    "video.model": (
+        "模型",
+        "chat 模式默认 grok-imagine-0.9；videos 模式下留空或仍为 grok-imagine-0.9 时改用 grok-imagine-video",
+    ),
+    "video.timeout_seconds": ("单次请求超时（秒）", "每个 HTTP 请求（提交、每次轮询）的上限；整个任务见“整个任务超时”"),
+    "video.empty_response_retry": ("空响应重试次数", "chat 模式：回复里没有视频链接时再问几次"),
+    "video.retry_delay": ("重试间隔（秒）", "chat 模式：两次空响应重试之间等待的秒数"),
+    "video.poll_interval": ("轮询间隔（秒）", "videos 模式：两次查询任务状态之间的秒数"),
+    "video.duration": ("时长（秒）", "videos 模式：1–15 秒；0 表示由服务端决定"),
+    "video.aspect_ratio": (
+        "画面比例",
+        "videos 模式：1:1、16:9、9:16、4:3、3:4、3:2、2:3；留空跟随首帧图片",
+    ),
+    "video.resolution": ("分辨率", "videos 模式：480p 或 720p；留空由服务端决定"),
+    "video.send_mode": (
+        "发送方式",
+        "auto：先按链接发视频，失败再发文件，最后发文字链接；url：只试链接，再发文字链接；file：只试文件，再发文字链接",
+    ),
     "video.send_timeout_seconds": ("发送超时（秒）", ""),
     "video.download_timeout_seconds": ("下载超时（秒）", ""),
     "video.max_cached_videos": ("缓存视频数量", "0 表示不清理"),
@@ -100,7 +139,12 @@ _PATH: dict[str, tuple[str, str]] = {
     "actors": ("并发", ""),
     "network": ("网络", "下载上游返回的 URL 时的限制"),
     "limits": ("请求上限", "单个任务的输入图片数量/大小、图片像素上限、每个客户端/用户同时进行的任务数"),
-    "log": ("日志", ""),
+    "log": ("日志", "插件内运行时，核心日志写入 AstrBot 日志（带任务 ID，密钥已打码）"),
+    "log.level": ("日志级别", "低于所选级别（debug < info < warning < error）的核心日志不输出"),
+    "log.format": (
+        "日志格式",
+        "auto：插件内为 事件 键=值，独立运行时终端用 console、否则 json；console：事件 键=值；json：每行一个 JSON 对象",
+    ),
     "data_dir": ("数据目录", "留空：AstrBot 的 data/plugin_data/<插件名>"),
     "max_cached_images": ("缓存图片数量", "超出后删除最旧的结果图片"),
     "debounce_interval": ("防抖间隔（秒）", "同一用户两次请求的最短间隔；被拒绝的请求不会延长间隔"),
@@ -136,7 +180,8 @@ class _Page:
 
 
 _TEXT = frozenset({"selfie.prompt_prefix", "edit.negative_prompt", "draw.gitee.negative_prompt"})
-_INVISIBLE = frozenset({"draw.fallback_providers", "edit.fallback_providers"})
+_INVISIBLE = frozenset({"draw.fallback_providers", "edit.fallback_providers", "video.supports_edit"})
+"""Keys the page hides: legacy lists, and ``video.supports_edit`` (every block has it; a video is no edit)."""
 _IMAGE_TYPES = ["png", "jpg", "jpeg", "webp"]
 
 

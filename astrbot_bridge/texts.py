@@ -53,6 +53,11 @@ PREVIEW_NOTE = "原图较大（{size}），已发送压缩预览，原图见文�
 TOOL_STARTED = "已开始{what}（任务 {job}），完成后会直接发送给用户，无需再次调用。"
 TOOL_BAD_OUTPUT = "output 参数无效：{output}（可用 4K / 2K / 1K / 1024x1536 / 16:9）"
 TOOL_EMPTY_PROMPT = "prompt 为空：请提供要生成的画面描述。"
+TOOL_EMPTY_VIDEO_PROMPT = "prompt 为空：请描述视频里要发生什么。"
+TOOL_VIDEO_FRAME_FIRST = (
+    "已开始{what}：消息里没有图片，先按描述生成首帧图片再生成视频（任务 {job}），完成后会直接发送给用户，无需再次调用。"
+)
+VIDEO_FRAME_FAILED = "视频生成失败：首帧图片没有生成（{text}）"
 
 ACK: Mapping[str, str] = {
     "draw": "🎨 收到，正在生成…",

@@ -27,7 +27,7 @@ SHIPPED = {
     "gemini_openai": ({"draw", "edit", "selfie"}, "openai_compat.GeminiOpenAIProvider", "GeminiOpenAISettings"),
     "openai_compat": ({"draw", "edit", "selfie"}, "openai_compat.OpenAICompatProvider", "OpenAICompatSettings"),
     "ark": ({"draw", "edit", "selfie"}, "ark.ArkProvider", "ArkSettings"),
-    "jimeng": ({"draw", "edit", "selfie"}, "jimeng.JimengProvider", "JimengSettings"),
+    "jimeng": ({"draw"}, "jimeng.JimengProvider", "JimengSettings"),
     "gitee": ({"draw"}, "gitee.GiteeProvider", "GiteeSettings"),
     "gitee_async": ({"edit", "selfie"}, "gitee_async.GiteeAsyncProvider", "GiteeAsyncSettings"),
     "grok_video": ({"video"}, "grok_video.GrokVideoProvider", "VideoSettings"),
@@ -61,7 +61,7 @@ def test_config_blocks_are_the_providers_settings_in_the_old_order() -> None:
     draw = [f for f in type(cfg.draw).__struct_fields__ if f in CAPABILITIES]
     edit = [f for f in type(cfg.edit).__struct_fields__ if f in CAPABILITIES]
     assert draw == ["grok", "gemini_native", "gemini_openai", "openai_compat", "jimeng", "gitee", "ark", "local"]
-    assert edit == ["grok", "gemini_native", "gemini_openai", "openai_compat", "jimeng", "gitee_async", "ark", "local"]
+    assert edit == ["grok", "gemini_native", "gemini_openai", "openai_compat", "gitee_async", "ark", "local"]
     for alias in draw:
         assert type(cfg.block("draw", alias)) is CATALOG.provider_class(alias).settings_type
     for alias in edit:
@@ -148,6 +148,37 @@ def test_an_explicit_catalog_builds_its_own_config_registry_and_menus() -> None:
     assert items["video"]["items"]["provider"]["options"] == ["film"]
     assert items["edit"]["items"]["sketch"]["condition"] == {"provider": "sketch"}
     assert items["video"]["items"]["reel"]["default"] == 3
+
+
+_MENUS = {
+    "draw": ("draw.provider", "draw.fallback_1", "draw.fallback_2", "draw.fallback_3"),
+    "edit": ("edit.provider", "edit.fallback_1", "edit.fallback_2", "edit.fallback_3", "selfie.prefer_provider"),
+    "video": ("video.provider",),
+}
+
+
+def _menu(items: dict[str, Any], path: str) -> list[str]:
+    section, key = path.split(".")
+    return [o for o in items[section]["items"][key]["options"] if o not in ("", "auto")]
+
+
+def test_menus_offer_a_provider_only_for_the_operations_its_class_declares() -> None:
+    """The settings page's provider menus come from each class's ``operations``, nothing else:
+    a draw-only provider can never be offered for edits again (jimeng was, issue 11)."""
+    sketch = _provider("sketch", frozenset({"draw", "edit", "selfie"}), _Sketch, menu_order=1)
+    doodle = _provider("doodle", frozenset({"draw"}), _Sketch, menu_order=2)
+    retouch = _provider("retouch", frozenset({"edit", "selfie"}), _Sketch, menu_order=3)
+    items = build_schema(Catalog([retouch, doodle, sketch]).config_type)
+    assert all(_menu(items, p) == ["sketch", "doodle"] for p in _MENUS["draw"])
+    assert all(_menu(items, p) == ["sketch", "retouch"] for p in _MENUS["edit"])
+    assert "doodle" not in items["edit"]["items"] and "retouch" not in items["draw"]["items"]
+    # The shipped page: every alias in a menu declares that menu's operation, and every one that does is there.
+    shipped = build_schema(Config)
+    for op, paths in _MENUS.items():
+        serving = [e.alias for e in CATALOG.entries if op in CATALOG.provider_class(e.alias).operations]
+        for path in paths:
+            assert _menu(shipped, path) == serving, path
+    assert "jimeng" in _menu(shipped, "draw.provider") and "jimeng" not in _menu(shipped, "edit.provider")
 
 
 _BROKEN: list[tuple[Any, str]] = [

@@ -388,6 +388,24 @@ async def test_videos_mode_polls_until_done(fake: XaiVideoFake, http: httpx.Asyn
 
 
 @pytest.mark.anyio
+async def test_videos_mode_202_with_an_empty_body_is_still_rendering(
+    fake: XaiVideoFake, http: httpx.AsyncClient
+) -> None:
+    fake.task_script = ["deferred", "deferred", "pending", "deferred", "done"]
+    out = await attempt(cfg(fake, api_mode="videos"), http)
+    (task,) = fake.tasks
+    assert out.data == fake.video and out.source_url == fake.cdn_url(task)
+    assert len(fake.calls("GET", rf"/v1/videos/{task}")) == 5
+
+
+@pytest.mark.anyio
+async def test_videos_mode_other_empty_polls_stay_invalid(fake: XaiVideoFake, http: httpx.AsyncClient) -> None:
+    fake.fail_next("poll", Reply(200, b""))  # a 200 must say something: empty is not "still working"
+    exc = await failure(cfg(fake, api_mode="videos"), http)
+    assert exc.reason == "invalid_response"
+
+
+@pytest.mark.anyio
 async def test_videos_mode_relative_content_url_is_fetched_with_the_key(
     fake: XaiVideoFake, http: httpx.AsyncClient
 ) -> None:

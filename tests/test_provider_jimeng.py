@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from aiimg.messages import JobRequested
 from aiimg.services.config import Config, config_from_dict
-from aiimg.services.domain.errors import ProviderFailure
+from aiimg.services.domain.errors import ConfigError, ProviderFailure
+from aiimg.services.domain.routing import plan_chain
 from aiimg.services.providers.base import InputImage
 from aiimg.services.providers.jimeng import JimengProvider, parse_cookie, pick_ratio
 
@@ -29,9 +32,7 @@ def _fake(upstream: FakeUpstream) -> JimengFake:
 
 def config_for(api_url: str, **block: Any) -> Config:
     settings = {"api_url": api_url, "apikey": APIKEY, "cookie_list": ["123:sid=a"], "max_retries": 0, **block}
-    return config_from_dict(
-        {"network": {"allow_private_downloads": True}, "draw": {"jimeng": settings}, "edit": {"jimeng": settings}}
-    )
+    return config_from_dict({"network": {"allow_private_downloads": True}, "draw": {"jimeng": settings}})
 
 
 async def draw(config: Config, http: httpx.AsyncClient, provider: JimengProvider | None = None, **kw: Any) -> bytes:
@@ -146,14 +147,20 @@ async def test_no_usable_cookie_fails_before_any_call(
     assert failure.reason == "auth" and "cookie_list" in failure.message and not upstream.requests
 
 
-async def test_edits_are_off_by_default_and_unsupported_if_forced(
+async def test_jimeng_only_draws_and_an_edit_that_reaches_it_is_unsupported(
     fake: JimengFake, upstream: FakeUpstream, http: httpx.AsyncClient
 ) -> None:
+    """The aggregator takes input images only at a public URL, which aiimg does not host (issue 11)."""
+    assert JimengProvider.operations == {"draw"}
     config = config_for(fake.url)
-    assert config.can_serve("draw", "jimeng") and not config.can_serve("edit", "jimeng")
-    forced = config_for(fake.url, supports_edit=True)
-    assert forced.can_serve("edit", "jimeng")
-    ctx = attempt_context(forced, "jimeng", http, op="edit", inputs=[InputImage(png(), "image/png")])
+    assert config.can_serve("draw", "jimeng")
+    assert not any(config.can_serve(op, "jimeng") for op in ("edit", "selfie", "video"))
+    with pytest.raises(ConfigError, match=r"unknown key edit\.jimeng"):
+        config_from_dict({"edit": {"jimeng": {"api_url": fake.url}}})
+    plan = plan_chain(config, JobRequested(job_id="j", op="edit", backend="jimeng"))
+    assert plan.chain == [] and plan.skipped == {"jimeng": "cannot edit"}
+    ctx = attempt_context(config, "jimeng", http, inputs=[InputImage(png(), "image/png")])
+    ctx.dispatch = msgspec.structs.replace(ctx.dispatch, op="edit")  # as an old router might dispatch it
     with pytest.raises(ProviderFailure) as info:
-        await JimengProvider(forced).run(ctx)
+        await JimengProvider(config).run(ctx)
     assert info.value.reason == "unsupported" and not upstream.requests

@@ -18,7 +18,7 @@ from aiimg.services.app.stack import Stack, running
 from aiimg.services.config import Config, config_from_dict
 from aiimg.services.domain.errors import ProviderFailure
 from aiimg.services.infra.bus import connect
-from aiimg.services.providers._common import Cooldown
+from aiimg.services.providers._common import Cooldown, normalize_openai_base
 from aiimg.services.providers.base import InputImage, Output
 from aiimg.services.providers.local import LocalProvider
 from aiimg.services.providers.openai_compat import (
@@ -299,16 +299,54 @@ async def test_no_key_is_an_auth_failure_without_a_call(upstream: FakeUpstream, 
         ("/v1", "/v1/chat/completions"),
         ("/openai/v1", "/openai/v1/images"),
         ("/api/v1", "/api"),
+        # Roots that already name a version get no /v1 (issue 11: Google's was a 404).
+        ("/v1beta/openai", "/v1beta/openai"),  # Google's OpenAI-compatible root
+        ("/v1beta/openai", "/v1beta/openai/"),
+        ("/v1beta/openai", "/v1beta/openai/images/generations"),
+        ("/api/paas/v4", "/api/paas/v4"),  # Zhipu-style
+        ("/api/v3", "/api/v3"),
+        ("/compatible-mode/v2alpha1", "/compatible-mode/v2alpha1"),
     ],
 )
+@pytest.mark.parametrize("alias", ["openai_compat", "gemini_openai"])
 async def test_base_url_variants_reach_the_same_endpoint(
+    upstream: FakeUpstream, http: httpx.AsyncClient, prefix: str, suffix: str, alias: str
+) -> None:
+    fake = OpenAIImagesFake(upstream, prefix=prefix)
+    config = config_for(upstream.url + suffix, alias)
+    provider = OpenAICompatProvider(config) if alias == "openai_compat" else GeminiOpenAIProvider(config)
+    out = await run(provider, config, http, output="1K")
+    assert out.data == fake.image
+    assert [r.path for r in upstream.requests] == [f"{prefix}/images/generations"]
+
+
+@pytest.mark.parametrize(("prefix", "suffix"), [("", ""), ("/gateway", "/gateway/"), ("/v1/v1", "/v1/v1")])
+async def test_base_url_exact_uses_the_root_as_given(
     upstream: FakeUpstream, http: httpx.AsyncClient, prefix: str, suffix: str
 ) -> None:
     fake = OpenAIImagesFake(upstream, prefix=prefix)
-    config = config_for(upstream.url + suffix)
+    config = config_for(upstream.url + suffix, base_url_exact=True)
     out = await run(OpenAICompatProvider(config), config, http, output="1K")
     assert out.data == fake.image
     assert [r.path for r in upstream.requests] == [f"{prefix}/images/generations"]
+
+
+@pytest.mark.parametrize(
+    ("given", "root"),
+    [
+        (
+            "https://generativelanguage.googleapis.com/v1beta/openai/",
+            "https://generativelanguage.googleapis.com/v1beta/openai",
+        ),
+        ("https://open.bigmodel.cn/api/paas/v4", "https://open.bigmodel.cn/api/paas/v4"),
+        ("https://h:8443/relay", "https://h:8443/relay/v1"),
+        ("https://h/v2ray", "https://h/v2ray/v1"),  # not a version segment
+        ("https://h/v1/chat/completions", "https://h/v1"),
+    ],
+)
+def test_normalize_openai_base(given: str, root: str) -> None:
+    assert normalize_openai_base(given) == root
+    assert normalize_openai_base(given, exact=True) == given.rstrip("/")
 
 
 # ---- edits ---------------------------------------------------------------------------------------------

@@ -72,9 +72,15 @@ def test_selfie_prefers_configured_provider() -> None:
     assert plan_chain(c, req("selfie")).chain == ["grok", "local"]
 
 
-def _dispatch(n: int, provider: str, deadline: float = 1000.0) -> AttemptDispatched:
+def _dispatch(n: int, provider: str, deadline: float = 1000.0, op: str = "draw") -> AttemptDispatched:
     return AttemptDispatched(
-        job_id="j1", attempt=n, provider=provider, op="draw", chain=["grok", "local"], deadline=deadline, at=100.0
+        job_id="j1",
+        attempt=n,
+        provider=provider,
+        op=op,
+        chain=["grok", "local"],
+        deadline=deadline,
+        at=100.0,  # type: ignore[arg-type]
     )
 
 
@@ -112,6 +118,26 @@ def test_retryable_reason_retries_same_provider_with_backoff_then_escalates() ->
     events += [d.event, _failed(2, "grok", "upstream_error")]
     d2 = decide(fold("j1", events), c, 105.0)
     assert isinstance(d2.event, AttemptDispatched) and d2.event.provider == "local"
+
+
+def test_edit_retries_back_off_from_edit_fallback_retry_delay() -> None:
+    """``edit.fallback.retry_delay`` (on the settings page) is where an edit's backoff starts, doubling."""
+    c = cfg(
+        edit={"provider": "grok", "fallback_1": "local", "grok": K, "fallback": {"max_retries": 2, "retry_delay": 5.0}},
+        policy={"backoff": 2.0, "max_backoff": 60.0},
+    )
+    for op in ("edit", "selfie"):
+        events: list[Any] = [req(op), _dispatch(1, "grok", op=op), _failed(1, "grok", "upstream_error")]
+        d = decide(fold("j1", events), c, 102.0)
+        assert isinstance(d.event, AttemptDispatched) and d.event.provider == "grok" and d.event.not_before == 107.0
+        events += [d.event, _failed(2, "grok", "upstream_error")]
+        d2 = decide(fold("j1", events), c, 110.0)
+        assert isinstance(d2.event, AttemptDispatched) and d2.event.provider == "grok" and d2.event.not_before == 120.0
+    # Drawing keeps policy.backoff.
+    c = cfg(draw={"provider": "grok", "grok": {**K, "max_retries": 1}}, policy={"backoff": 2.0})
+    events = [req(), _dispatch(1, "grok"), _failed(1, "grok", "upstream_error")]
+    d = decide(fold("j1", events), c, 102.0)
+    assert isinstance(d.event, AttemptDispatched) and d.event.not_before == 104.0
 
 
 def test_retry_hint_beyond_cap_escalates_instead_of_waiting() -> None:

@@ -72,7 +72,10 @@ class DrawSection(Section, kw_only=True):
 class EditFallbackPolicy(Block, kw_only=True):
     enabled: bool = True
     max_retries: int = 2
+    """Retries of an edit or selfie on the same provider (in place of the block's ``max_retries``)."""
     retry_delay: float = 2.0
+    """Seconds before an edit's first retry on the same provider, doubling after each (in place of
+    ``policy.backoff``), capped at ``policy.max_backoff``."""
 
 
 class EditSection(Section, kw_only=True):
@@ -142,7 +145,8 @@ class PolicyConfig(Block, kw_only=True):
 
     A reason not in ``retry_reasons`` escalates to the next provider at once. A retried
     reason is retried up to the provider block's ``max_retries`` (for edits,
-    ``edit.fallback.max_retries``) with exponential backoff from ``backoff`` seconds;
+    ``edit.fallback.max_retries``) with exponential backoff from ``backoff`` seconds (for
+    edits, ``edit.fallback.retry_delay``);
     an upstream retry hint (``Retry-After``) replaces the backoff when it is longer,
     and a hint beyond ``max_retry_after`` escalates at once instead of waiting.
     """
@@ -268,6 +272,51 @@ class ConfigBase(Block, kw_only=True):
         if op in ("edit", "selfie") and not block.supports_edit:
             return False
         return True
+
+    def selected_providers(self) -> dict[str, list[tuple[str, Operation]]]:
+        """Alias → where the settings choose it (``draw.provider``, ``edit.fallback_1``, …) and for which
+        operation: the primaries and fallbacks that ``plan_chain`` would try, in that order."""
+        picks: list[tuple[str, Operation, str]] = []
+        sections: tuple[tuple[Operation, Section], ...] = (("draw", self.draw), ("edit", self.edit))
+        for op, section in sections:
+            picks.append((f"{op}.provider", op, section.provider))
+            if op == "draw" or self.edit.fallback.enabled:
+                for n, name in enumerate(section.fallbacks()):
+                    where = f"{op}.fallback_{n + 1}" if n < 3 else f"{op}.fallback_providers"
+                    picks.append((where, op, name))
+        prefer = self.selfie.prefer_provider.strip()
+        if self.selfie.enabled and prefer and prefer.lower() != "auto":
+            picks.append(("selfie.prefer_provider", "selfie", prefer))
+        if self.video.enabled:
+            picks.append(("video.provider", "video", self.video.provider))
+        out: dict[str, list[tuple[str, Operation]]] = {}
+        for where, op, name in picks:
+            alias = self.canonical(op, name) if name.strip() else ""
+            if alias:
+                out.setdefault(alias, []).append((where, op))
+        return out
+
+    def missing_credentials(self) -> dict[str, tuple[list[str], list[str]]]:
+        """Alias → (where it is selected, its empty credential keys) for each selected provider
+        whose block for that operation has no API key / cookie: ``plan_chain`` skips it as not
+        configured, so its jobs go to the next provider or fail."""
+        out: dict[str, tuple[list[str], list[str]]] = {}
+        for alias, uses in self.selected_providers().items():
+            wheres: list[str] = []
+            keys: list[str] = []
+            for where, op in uses:
+                block = self.block(op, alias)
+                if block is None or op not in self.capabilities.get(alias, ()):
+                    continue  # unknown, or cannot do op: plan_chain says so
+                missing = block.missing_credentials()
+                if not missing:
+                    continue
+                wheres.append(where)
+                prefix = "video" if op == "video" else f"{'draw' if op == 'draw' else 'edit'}.{alias}"
+                keys += [f"{prefix}.{k}" for k in missing if f"{prefix}.{k}" not in keys]
+            if keys:
+                out[alias] = (wheres, keys)
+        return out
 
     def enabled_providers(self) -> list[str]:
         """Every alias that some operation can use with this config (what ``serve`` starts)."""

@@ -149,16 +149,24 @@ def _max_retries(config: ConfigBase, op: Operation, provider: str) -> int:
     return max(0, block.max_retries) if block is not None else 0
 
 
-def retry_delay(config: ConfigBase, retries_used: int, retry_after: float) -> float | None:
+def _backoff_start(config: ConfigBase, op: Operation) -> float:
+    """Where the exponential backoff starts: ``edit.fallback.retry_delay`` for edits and selfies
+    (the edit chain's own retry settings, as ``edit.fallback.max_retries``), else ``policy.backoff``."""
+    if op in ("edit", "selfie"):
+        return max(0.0, config.edit.fallback.retry_delay)
+    return max(0.0, config.policy.backoff)
+
+
+def retry_delay(config: ConfigBase, retries_used: int, retry_after: float, op: Operation = "draw") -> float | None:
     """Seconds before retrying on the same provider, or ``None`` to escalate now.
 
-    Exponential from ``policy.backoff`` (edits: ``edit.fallback.retry_delay``) capped at
-    ``policy.max_backoff``; a longer upstream hint wins, unless it exceeds ``policy.max_retry_after``.
+    Exponential from ``policy.backoff`` (edits and selfies: ``edit.fallback.retry_delay``) capped
+    at ``policy.max_backoff``; a longer upstream hint wins, unless it exceeds ``policy.max_retry_after``.
     """
     pol = config.policy
     if retry_after > pol.max_retry_after:
         return None
-    backoff = min(pol.max_backoff, pol.backoff * float(2**retries_used))
+    backoff = min(pol.max_backoff, _backoff_start(config, op) * float(2**retries_used))
     return float(max(backoff, retry_after))
 
 
@@ -223,7 +231,7 @@ def decide(state: JobState, config: ConfigBase, now: float, health: Health = _no
         # Retry here, unless this provider's breaker is open and another one can take the job.
         used = _consecutive_on(state, provider) - 1
         if used < _max_retries(config, req.op, provider):
-            delay = retry_delay(config, used, outcome.retry_after)
+            delay = retry_delay(config, used, outcome.retry_after, req.op)
             if delay is not None:
                 return Decision(_dispatch(config, req, chain, provider, current.n + 1, now, now + delay))
     if nxt is not None:

@@ -13,7 +13,10 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ("Block", "ProviderSettings", "VideoSection")
+__all__ = ("CREDENTIAL_KEYS", "Block", "ProviderSettings", "VideoSection")
+
+CREDENTIAL_KEYS = frozenset({"api_keys", "api_key", "apikey", "cookie_list", "token"})
+"""Keys of a provider block that hold what the upstream authenticates with."""
 
 
 class Block(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -32,6 +35,19 @@ class ProviderSettings(Block, kw_only=True):
     def configured(self) -> bool:
         """True when the block has what it needs to make a call (keys, URLs)."""
         return True
+
+    def missing_credentials(self) -> list[str]:
+        """This block's credential keys (:data:`CREDENTIAL_KEYS`) that are empty; ``[]`` when it has
+        none (``local``) or every one is set."""
+        missing = []
+        for key in self.__struct_fields__:
+            if key not in CREDENTIAL_KEYS:
+                continue
+            value = getattr(self, key)
+            items = value if isinstance(value, list) else [value]
+            if not any(isinstance(v, str) and v.strip() for v in items):
+                missing.append(key)
+        return missing
 
 
 class VideoSection(ProviderSettings, kw_only=True):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -25,7 +25,7 @@ from structlog.tracebacks import ExceptionDictTransformer
 
 from .redaction import blob_contains, byte_forms, has_userinfo, mask_credentials, secret_forms
 
-__all__ = ("REDACTOR", "Redactor", "configure_logging", "get_logger", "redact")
+__all__ = ("REDACTOR", "LineSink", "Redactor", "configure_logging", "get_logger", "redact")
 
 _MAX_VALUE_DEPTH = 32
 """Nested log values deeper than this are summarised, not walked (the rendered line is still
@@ -159,6 +159,39 @@ class _StdlibToStructlog(logging.Handler):
             self.handleError(record)
 
 
+LineSink = Callable[[int, str], None]
+"""Where a host takes finished lines: ``(stdlib level number, the rendered, redacted line)``."""
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "msg": logging.INFO,
+    "warning": logging.WARNING,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
+
+
+class _HostLogger:
+    """The structlog "logger" behind the bound loggers when a host (AstrBot) owns the output:
+    each finished line goes to ``sink`` at the level it was logged at."""
+
+    __slots__ = ("_sink",)
+
+    def __init__(self, sink: LineSink) -> None:
+        self._sink = sink
+
+    def __getattr__(self, method: str) -> Callable[[str], None]:
+        level = _LEVELS.get(method)
+        if level is None:
+            raise AttributeError(method)
+        sink = self._sink
+        return lambda line: sink(level, line)
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
@@ -166,25 +199,30 @@ def configure_logging(
     *,
     redactor: Redactor | None = None,
     capture_stdlib: bool = True,
+    sink: LineSink | None = None,
 ) -> None:
     """Configure structlog once for the process. ``fmt``: ``auto`` | ``json`` | ``console``.
 
     ``capture_stdlib``: route stdlib ``logging`` records at WARNING and above through the same
     pipeline (off when embedded in a host that owns stdlib logging, such as AstrBot).
+    ``sink``: hand each line to the host's logger instead of writing it to ``stream``; the host
+    adds time and level, so ``auto`` / ``console`` lines are ``event key=value …`` without them
+    (``json`` keeps every field). Redaction is the same either way.
     """
     out: Any = stream or _Stderr()
     red = redactor or REDACTOR
-    use_console = fmt == "console" or (fmt == "auto" and (stream or sys.stderr).isatty())
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        red,
-    ]
+    hosted = sink is not None
+    use_console = fmt == "console" or (fmt == "auto" and (hosted or (stream or sys.stderr).isatty()))
+    processors: list[Any] = [structlog.contextvars.merge_contextvars]
+    if not (hosted and use_console):
+        processors += [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    processors.append(red)
     if use_console:
         # Not the default (rich) formatter: it prints every frame's locals — API keys included.
         processors.append(
-            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback, pad_event_to=0 if hosted else 30
+            )
         )
     else:
         processors += [
@@ -196,15 +234,21 @@ def configure_logging(
     # (Jimeng) carry keys in the query string: keep those loggers quiet whatever the host does.
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if capture_stdlib:
-        root = logging.getLogger()
-        root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StdlibToStructlog)]
-        handler = _StdlibToStructlog(logging.WARNING)
-        root.addHandler(handler)
+    root = logging.getLogger()
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StdlibToStructlog)]
+    # Never with a sink: the host's logger is stdlib, and its records would come back round.
+    if capture_stdlib and sink is None:
+        root.addHandler(_StdlibToStructlog(logging.WARNING))
+    factory: Callable[..., Any]
+    if sink is not None:
+        host = _HostLogger(sink)
+        factory = lambda *_: host  # noqa: E731
+    else:
+        factory = structlog.PrintLoggerFactory(out)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
 

@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin, urlsplit
 
 import anyio
 import httpx
@@ -32,6 +32,7 @@ __all__ = (
     "download",
     "each_key",
     "image_from_item",
+    "has_version_segment",
     "join",
     "normalize_gemini_base",
     "normalize_openai_base",
@@ -51,24 +52,39 @@ _OPENAI_SUFFIXES = (
 )
 
 
-def normalize_openai_base(url: str) -> str:
-    """API root ending in ``/v1`` from a bare domain, a ``/v1`` URL or a pasted endpoint.
+_VERSION_SEGMENT = re.compile(r"v\d+(?:(?:alpha|beta|preview)\d*)?", re.IGNORECASE)
+"""A path segment that names an API version: ``v1``, ``v3``, ``v1beta``, ``v2alpha1``."""
 
-    ``https://api.x.ai`` → ``https://api.x.ai/v1``; ``https://p/openai/v1/chat/completions``
-    → ``https://p/openai/v1``; ``https://p/api`` → ``https://p/api/v1``.
+
+def has_version_segment(path: str) -> bool:
+    """Whether a URL path already names an API version (``/v1``, ``/v1beta/openai``, ``/api/paas/v4``)."""
+    return any(_VERSION_SEGMENT.fullmatch(segment) for segment in path.split("/"))
+
+
+def normalize_openai_base(url: str, *, exact: bool = False) -> str:
+    """The API root from a bare domain, a versioned root or a pasted endpoint.
+
+    A pasted endpoint (``…/chat/completions``, ``…/images/generations``) loses that suffix. A
+    path that already names a version anywhere is kept as it is — OpenAI's ``/v1``, Google's
+    ``/v1beta/openai``, Zhipu's ``/api/paas/v4``, Ark's ``/api/v3`` — and only a path without
+    one gets ``/v1`` appended: ``https://api.x.ai`` → ``https://api.x.ai/v1``, ``https://p/api``
+    → ``https://p/api/v1``. ``exact`` (a block's ``base_url_exact``): the URL as given, only
+    trailing slashes removed, for gateways whose root fits none of these rules.
     """
     value = url.strip().rstrip("/")
+    if exact:
+        return value
     lower = value.lower()
     for suffix in _OPENAI_SUFFIXES:
         if lower.endswith(suffix):
             value = value[: -len(suffix)].rstrip("/")
             break
-    if re.search(r"/v1($|/)", value):
+    parsed = httpx.URL(value)
+    if not (parsed.scheme and parsed.host):  # not an absolute URL: append to the text as it is
+        return value if has_version_segment(value) else value + "/v1"
+    if has_version_segment(parsed.path):
         return value
-    parts = urlsplit(value)
-    if parts.scheme and parts.netloc:
-        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/v1", "", ""))
-    return value + "/v1"
+    return str(parsed.copy_with(path=parsed.path.rstrip("/") + "/v1", query=None, fragment=None))
 
 
 def normalize_gemini_base(url: str) -> str:

@@ -40,6 +40,9 @@ _WXH = re.compile(r"^(\d{2,5})x(\d{2,5})$")
 
 class GiteeSettings(ProviderSettings, kw_only=True):
     base_url: str = "https://ai.gitee.com/v1"
+    base_url_exact: bool = False
+    """Use ``base_url`` exactly as given (no ``/v1`` appended, no endpoint suffix removed); off:
+    ``/v1`` is appended only when the path names no version (``/v1``, ``/v1beta/openai``, ``/api/paas/v4``)."""
     api_keys: list[str] = msgspec.field(default_factory=list)
     model: str = "z-image-turbo"
     size: str = "1024x1024"
@@ -84,7 +87,7 @@ class GiteeProvider(Provider):
             raise ProviderFailure("bad_request", f"{LABEL}: no model configured")
         self._cooldown.check(LABEL, OPERATION)
         body = build_body(ctx.prompt, settings, pick_size(ctx.output, settings.size, settings.allowed_sizes))
-        url = join(normalize_openai_base(settings.base_url), "images/generations")
+        url = join(normalize_openai_base(settings.base_url, exact=settings.base_url_exact), "images/generations")
         ring = self._rings.setdefault(tuple(settings.api_keys), KeyRing(settings.api_keys))
 
         async def call(position: int, key: str) -> Output:

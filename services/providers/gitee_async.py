@@ -50,6 +50,9 @@ _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gi
 
 class GiteeAsyncSettings(ProviderSettings, kw_only=True):
     base_url: str = "https://ai.gitee.com/v1"
+    base_url_exact: bool = False
+    """Use ``base_url`` exactly as given (no ``/v1`` appended, no endpoint suffix removed); off:
+    ``/v1`` is appended only when the path names no version (``/v1``, ``/v1beta/openai``, ``/api/paas/v4``)."""
     api_keys: list[str] = msgspec.field(default_factory=list)
     model: str = "Qwen-Image-Edit-2511"
     num_inference_steps: int = 4
@@ -84,7 +87,7 @@ class GiteeAsyncProvider(Provider):
             raise ProviderFailure("bad_request", f"{LABEL}: an edit needs at least one input image")
         if not settings.model.strip():
             raise ProviderFailure("bad_request", f"{LABEL}: no model configured")
-        base = normalize_openai_base(settings.base_url)
+        base = normalize_openai_base(settings.base_url, exact=settings.base_url_exact)
         types = task_types_for(ctx)
         ring = self._rings.setdefault(tuple(settings.api_keys), KeyRing(settings.api_keys))
 

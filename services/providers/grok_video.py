@@ -6,7 +6,8 @@
   URL is asked again up to ``empty_response_retry`` times.
 * ``api_mode = "videos"`` (xAI's deferred API): ``POST {root}/v1/videos/generations``
   returns a ``request_id``; ``GET {root}/v1/videos/{id}`` is polled every
-  ``poll_interval`` until ``done`` / ``failed`` / ``expired`` or the attempt's deadline.
+  ``poll_interval`` until ``done`` / ``failed`` / ``expired`` or the attempt's deadline (an
+  HTTP 202 with an empty body, xAI's "still rendering", counts as ``pending``).
 
 Either way the video is downloaded (size cap ``max_bytes``) and returned with the URL it
 came from, so the bridge can send it by URL. ``server_url`` may be a bare host, end in
@@ -220,7 +221,7 @@ class _Attempt:
                 raise ProviderFailure("timeout", f"{LABEL}: task still {status} after {waited:.0f}s")
             await anyio.sleep(s.poll_interval)
             try:
-                state = parse_json(LABEL, await self._send("GET", status_url, poll=True))
+                state = _poll_state(await self._send("GET", status_url, poll=True))
                 misses = 0
             except Exception as exc:
                 # A hiccup while polling must not throw away a paid generation: keep polling.
@@ -294,6 +295,14 @@ class _Attempt:
             text = error_text(reply)
             reason: Reason = "content_policy" if moderated(text) else "upstream_error"
             raise ProviderFailure(reason, f"{LABEL}: {short(text, 160)}", status=200)
+
+
+def _poll_state(resp: httpx.Response) -> Any:
+    """A status poll's body. xAI's deferred API answers a request that is still rendering with
+    HTTP 202 and no body at all: that is ``pending``, not a malformed reply."""
+    if resp.status_code == 202 and not resp.content.strip():
+        return {"status": "pending"}
+    return parse_json(LABEL, resp)
 
 
 def _content_text(reply: Any) -> str:

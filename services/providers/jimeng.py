@@ -6,11 +6,11 @@ Query: ``description`` (prompt), ``type`` (style), ``ratio``, ``model``,
 ``apikey``. Success is ``{"code": 200, "image_url": [url, …] | url}``; the first image is
 downloaded. Anything else with a 200 is a business error, typed by its message.
 
-Edits are not offered. The aggregator takes an input image only as a public ``url``
-parameter; the old plugin published the image through AstrBot's file service, which
-this system does not have (and a data URL in a query string is far past URL limits).
-``edit.jimeng.supports_edit`` is therefore false by default and an edit that reaches
-this provider anyway fails as ``unsupported``.
+It only draws (``operations = {"draw"}``), so it has no ``edit.jimeng`` block and is in no
+edit, selfie or fallback menu. The aggregator takes an input image only as a public ``url``
+parameter; the old plugin published the image through AstrBot's file service, which this
+system does not have (and a data URL in a query string is far past URL limits). An edit
+that reaches this provider anyway (an old router) fails as ``unsupported``.
 """
 
 from __future__ import annotations
@@ -67,9 +67,6 @@ class JimengSettings(ProviderSettings, kw_only=True):
     default_style: str = "真实"
     default_ratio: str = "1:1"
     default_model: str = "Seedream 4.0"
-    supports_edit: bool = False
-    """The aggregator takes an edit's input only as a public ``url``; aiimg hosts no files, so
-    edits are off unless a deployment sets this (the provider then answers ``unsupported``)."""
 
     def configured(self) -> bool:
         return bool(self.api_url.strip() and self.apikey and self.cookie_list)
@@ -77,7 +74,7 @@ class JimengSettings(ProviderSettings, kw_only=True):
 
 class JimengProvider(Provider):
     alias = "jimeng"
-    operations = frozenset({"draw", "edit", "selfie"})
+    operations = frozenset({"draw"})
     settings_type = JimengSettings
     menu_order = 60
     block_order = 50

@@ -38,6 +38,9 @@ class OpenAIStyleSettings(ProviderSettings, kw_only=True):
     """Keys of every block in the OpenAI family (``openai_compat``, ``gemini_openai``, ``grok``)."""
 
     base_url: str = ""
+    base_url_exact: bool = False
+    """Use ``base_url`` exactly as given (no ``/v1`` appended, no endpoint suffix removed); off:
+    ``/v1`` is appended only when the path names no version (``/v1``, ``/v1beta/openai``, ``/api/paas/v4``)."""
     api_mode: Literal["chat", "images"] = "images"
     api_keys: list[str] = msgspec.field(default_factory=list)
     model: str = ""
@@ -134,7 +137,7 @@ class OpenAICompatBase(Provider):
         if not s.base_url.strip():
             raise ProviderFailure("bad_request", f"{self.alias}: no base_url configured")
         model = self.model_of(s)
-        base = normalize_openai_base(s.base_url)
+        base = normalize_openai_base(s.base_url, exact=s.base_url_exact)
         self.images.cooldown.seconds = s.not_found_cooldown
 
         async def attempt(index: int, key: str) -> Output:

@@ -205,6 +205,16 @@ def make_context(bot: OneBot) -> Any:
 
 
 @pytest.fixture(autouse=True)
+def _structlog_restored() -> Iterator[None]:
+    """The plugin points structlog (process-wide) at AstrBot's logger; later tests get theirs back."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.fixture(autouse=True)
 def _astrbot_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test its own AstrBot data folder (plugin data, caches, uploaded files)."""
     root = tmp_path / "astrbot"

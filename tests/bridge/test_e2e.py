@@ -8,6 +8,7 @@ plugin starts its own nats-server and stack inside the (AstrBot) process.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import os
@@ -459,6 +460,117 @@ async def test_llm_tool_selfie_intent_and_edit_without_image(nats_url: str, tmp_
             while plugin.bridge.tasks:
                 await asyncio.gather(*plugin.bridge.tasks)
     assert ops == ["selfie"]
+
+
+# ---- video LLM tool -------------------------------------------------------------------------
+
+
+def test_video_llm_tool_is_registered_with_a_prompt() -> None:
+    import aiimg.main  # noqa: F401  (registers the tools)
+
+    tool = next(t for t in llm_tools.func_list if t.name == "aiimg_generate_video")
+    props = tool.parameters["properties"]
+    assert list(props) == ["prompt"] and props["prompt"]["type"] == "string" and props["prompt"]["description"]
+    assert "视频" in tool.description and "不要重复调用" in tool.description
+
+
+async def _tasks_done(plugin: Any) -> None:
+    with anyio.fail_after(30):
+        while plugin.bridge.tasks:
+            await asyncio.gather(*plugin.bridge.tasks)
+
+
+def _sent_frame(fake: XaiVideoFake) -> bytes:
+    [chat] = fake.api.calls("POST", r"/v1/chat/completions")
+    [part] = [p for p in chat.json()["messages"][0]["content"] if p["type"] == "image_url"]
+    return base64.b64decode(part["image_url"]["url"].split(",", 1)[1])
+
+
+async def test_video_llm_tool_animates_the_message_image_and_sends_the_video_later(
+    nats_url: str, tmp_path: Path
+) -> None:
+    with XaiVideoFake(KEY) as fake:
+        video = {"server_url": fake.url, "api_key": KEY, "retry_delay": 0, "max_retries": 0}
+        settings = settings_for(nats_url, tmp_path, video=video)
+        bot = OneBot()
+        frame = png(64, 48, (50, 100, 150))
+        drawn: list[AttemptContext] = []
+
+        def providers(config: Config) -> list[Provider]:
+            local = LocalProvider(config)
+
+            async def draw(ctx: AttemptContext) -> Output:
+                drawn.append(ctx)
+                return await local.run(ctx)
+
+            return [GrokVideoProvider(config), ScriptedProvider(config, "local", draw)]
+
+        async with deployment(settings, providers), plugin_running(settings, bot) as plugin:
+            event = make_event("做成视频", [image(frame), Comp.Plain("做成视频")], bot=bot, woken=True)
+            assert await plugin.aiimg_generate_video(event, prompt="  ") == "prompt 为空：请描述视频里要发生什么。"
+            with anyio.fail_after(10):
+                answer = await plugin.aiimg_generate_video(event, prompt="镜头缓缓推进")
+            assert answer.startswith("已开始生成视频（任务 ") and bot.of_type("video") == []
+            await _tasks_done(plugin)
+        [sent] = bot.of_type("video")  # sent by context.send_message → the aiocqhttp adapter
+        assert sent["data"]["file"].startswith(fake.cdn.url) and sent["data"]["file"].endswith(".mp4")
+        assert size_of(_sent_frame(fake)) == (64, 48) and drawn == []  # the message's image is the start frame
+        [chat] = fake.api.calls("POST", r"/v1/chat/completions")
+        assert {"type": "text", "text": "镜头缓缓推进"} in chat.json()["messages"][0]["content"]
+        assert bot.reactions() == [125, 79]
+
+
+async def test_video_llm_tool_without_an_image_draws_the_start_frame_first(nats_url: str, tmp_path: Path) -> None:
+    with XaiVideoFake(KEY) as fake:
+        video = {"server_url": fake.url, "api_key": KEY, "retry_delay": 0, "max_retries": 0}
+        settings = settings_for(nats_url, tmp_path, video=video)
+        bot = OneBot()
+        drawn: list[AttemptContext] = []
+
+        def providers(config: Config) -> list[Provider]:
+            local = LocalProvider(config)
+
+            async def draw(ctx: AttemptContext) -> Output:
+                drawn.append(ctx)
+                return await local.run(ctx)
+
+            return [GrokVideoProvider(config), ScriptedProvider(config, "local", draw)]
+
+        async with deployment(settings, providers), plugin_running(settings, bot) as plugin:
+            event = make_event("来段猫的视频", [Comp.Plain("来段猫的视频")], bot=bot, woken=True)
+            answer = await plugin.aiimg_generate_video(event, prompt="一只猫在雪地里奔跑")
+            assert answer.startswith("已开始生成视频：消息里没有图片")
+            await _tasks_done(plugin)
+        [ctx] = drawn
+        assert (ctx.op, ctx.prompt, ctx.output) == ("draw", "一只猫在雪地里奔跑", "16:9 1K")
+        assert size_of(_sent_frame(fake)) == (1024, 576)  # the drawn frame went to the video API
+        [sent] = bot.of_type("video")
+        assert sent["data"]["file"].startswith(fake.cdn.url)
+        assert bot.images() == [] and bot.reactions() == [125, 79]
+
+        # The frame cannot be drawn: the chat hears why, and no video is asked for.
+        fake.reset()
+        settings = settings_for(nats_url, tmp_path, video=video)
+        bot = OneBot()
+
+        def no_frame(config: Config) -> list[Provider]:
+            return [GrokVideoProvider(config), ScriptedProvider(config, "local", failing("content_policy", "no"))]
+
+        async with deployment(settings, no_frame), plugin_running(settings, bot) as plugin:
+            event = make_event("x", [Comp.Plain("x")], bot=bot, woken=True)
+            assert (await plugin.aiimg_generate_video(event, prompt="一只猫")).startswith("已开始生成视频")
+            await _tasks_done(plugin)
+        assert bot.texts() == ["视频生成失败：首帧图片没有生成（生图失败：已尝试 local（内容审核拦截））"]
+        assert fake.api.requests == [] and bot.reactions() == [125, 106]
+
+
+async def test_video_llm_tool_when_video_is_off(nats_url: str, tmp_path: Path) -> None:
+    settings = settings_for(nats_url, tmp_path, video={"enabled": False})
+    bot = OneBot()
+    async with plugin_running(settings, bot) as plugin:
+        event = make_event("x", [Comp.Plain("x")], bot=bot, woken=True)
+        assert await plugin.aiimg_generate_video(event, prompt="一只猫") == "视频功能已关闭（video.enabled=false）"
+    assert bot.sent == []
 
 
 # ---- sending limits -------------------------------------------------------------------------

@@ -88,6 +88,42 @@ def test_schema_shape_matches_the_old_plugin() -> None:
     assert items["selfie.prompt_prefix"]["type"] == "text"
 
 
+_MENUS = ("provider", "fallback_1", "fallback_2", "fallback_3", "prefer_provider")
+
+
+def test_every_mode_hint_explains_every_option() -> None:
+    """A hint on a choice (``api_mode``, ``send_mode``) names each value the code takes, no fewer."""
+    checked = []
+    for path, item in _walk(schema()):
+        if item["type"] != "string" or not item.get("options") or not item.get("hint"):
+            continue
+        if path.rsplit(".", 1)[-1] in _MENUS:
+            continue
+        hint = item["hint"]
+        # "mode：what it does" hints explain each mode; a plain list ("1K / 2K / 4K") names each value.
+        missing = [o for o in item["options"] if (f"{o}：" if "：" in hint else o) not in hint]
+        assert not missing, f"{path}: the hint does not explain {missing}: {hint}"
+        checked.append(path)
+    assert {"draw.grok.api_mode", "video.api_mode", "video.send_mode"} <= set(checked)
+
+
+def test_video_hints_say_what_grok_video_does() -> None:
+    from aiimg.services.providers import grok_video
+
+    items = dict(_walk(schema()))
+    api_mode = items["video.api_mode"]["hint"]
+    assert "/v1/chat/completions" in api_mode and "/v1/videos/generations" in api_mode
+    assert "/v1/images" not in api_mode
+    resolution = items["video.resolution"]["hint"]
+    assert all(r in resolution for r in grok_video.XAI_RESOLUTIONS) and "4K" not in resolution
+    assert all(r in items["video.aspect_ratio"]["hint"] for r in grok_video.XAI_RATIOS)
+    assert grok_video.VIDEOS_MODEL in items["video.model"]["hint"]
+    assert grok_video.CHAT_DEFAULT_MODEL in items["video.model"]["hint"]
+    for key in ("duration", "aspect_ratio", "resolution", "poll_interval"):
+        assert "videos 模式" in items[f"video.{key}"]["hint"], key
+    assert items["video.supports_edit"].get("invisible") is True
+
+
 def test_metadata_is_what_astrbot_requires() -> None:
     meta = yaml.safe_load((ROOT / "metadata.yaml").read_text(encoding="utf-8"))
     _PluginUpdater.validate_plugin_metadata(meta, "metadata.yaml")

@@ -5,7 +5,8 @@
   content parts, attachments, extension-less ``/v1/files/video?id=``).
 * ``POST /v1/videos/generations`` → ``{"request_id"}``; ``GET /v1/videos/{id}`` walks a
   per-task script of states (``pending`` … ``done`` / ``failed`` / ``expired``), all HTTP 200,
-  with the bodies of provider-wire-formats.md §3.3.
+  with the bodies of provider-wire-formats.md §3.3 — except ``deferred``: HTTP 202 with an
+  empty body, how xAI's deferred API answers a poll while the video is still rendering.
 * Errors on demand (``fail_next``): 401/403/429 (+Retry-After)/500, HTML pages, echoed keys.
 
 Results are served as a small but structurally valid MP4 (``ftyp`` + ``moov/mvhd`` +
@@ -292,6 +293,8 @@ class XaiVideoFake:
             )
         if state == "expired":
             return json_reply({"status": "expired", "model": model})
+        if state == "deferred":
+            return Reply(202, b"")
         return json_reply({"status": state, "progress": min(90, 30 * (step + 1))})
 
     def _content(self, req: Request) -> Reply:
