@@ -82,6 +82,17 @@ def _direct_get(stream: str) -> list[str]:
     return [f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>"]
 
 
+def _micro(n: Names, actor: str) -> list[str]:
+    """A micro service's subscriptions: the ``$SRV`` discovery verbs and its ``status`` endpoint.
+    Its replies go to the asker's inbox, which ``allow_responses`` permits (only as replies)."""
+    return ["$SRV.>", n.service_subject(actor)]
+
+
+def responds(role: str) -> bool:
+    """Whether ``role`` answers requests (micro services): its user gets ``allow_responses``."""
+    return role == "router" or role in PROVIDERS
+
+
 def permissions(role: str, prefix: str = "aiimg") -> tuple[list[str], list[str]]:
     """(publish allow-list, subscribe allow-list) of ``role``; everything else is denied."""
     if role == "admin":
@@ -123,7 +134,7 @@ def permissions(role: str, prefix: str = "aiimg") -> tuple[list[str], list[str]]
             n.subject("done"),
             f"$KV.{kv}.{health}",  # breakers: written compare-and-set by routers only
         ]
-        return read + layout + work, [*inbox, f"$KV.{kv}.{health}"]
+        return read + layout + work, [*inbox, f"$KV.{kv}.{health}", *_micro(n, "router")]
     if role in PROVIDERS:
         consumer = n.provider_consumer(role)
         work = [
@@ -136,7 +147,7 @@ def permissions(role: str, prefix: str = "aiimg") -> tuple[list[str], list[str]]
         for client in CLIENTS:
             inputs += _direct_get(f"OBJ_{n.input_bucket(client)}") + _direct_get(f"OBJ_{n.refs_bucket(client)}")
         # Terminal events, to stop an attempt whose job already ended.
-        return read + work + inputs, [*inbox, n.subject("done")]
+        return read + work + inputs, [*inbox, n.subject("done"), *_micro(n, role)]
     if role in CLIENTS:
         own = [n.input_bucket(role), n.refs_bucket(role)]
         buckets: list[str] = []
@@ -249,6 +260,9 @@ MATRIX: tuple[Cell, ...] = (
     ),
     _cell("write provider health", "pub", "$KV.{kv}.health.grok.draw", "router"),
     _cell("watch provider health", "sub", "$KV.{kv}.health.>", "router"),
+    _cell("answer discovery ($SRV.PING/INFO/STATS)", "sub", "$SRV.PING", "router", "provider"),
+    _cell("serve its own status endpoint", "sub", "{p}.svc.{self}.status", "router", "provider"),
+    _cell("serve another actor's status endpoint", "sub", "{p}.svc.{other}.status"),
     _cell("read its own replies", "sub", "_INBOX_aiimg-{self}.>", "router", "provider", "client"),
     _cell("read another actor's replies", "sub", "_INBOX_aiimg-{other}.>"),
 )
@@ -320,6 +334,7 @@ def auth_conf(prefix: str = "aiimg") -> str:
             "        permissions: {",
             f"          publish: {{ allow: {_list(pub, ind)} }}",
             f"          subscribe: {{ allow: {_list(sub, ind)} }}",
+            *(["          allow_responses: true"] if responds(role) else []),
             "        }",
             "      }",
         ]

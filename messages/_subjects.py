@@ -133,6 +133,16 @@ class Names:
             return ParsedSubject(job_id, kind, "")
         raise ValueError(f"not a job subject: {subj!r}")
 
+    # ---- NATS micro services (``nats micro ls``) --------------------------------------------
+
+    def service_name(self, actor: str) -> str:
+        """The micro service name of an actor: ``aiimg-router``, ``aiimg-grok`` (prefix-dashed)."""
+        return f"{self.prefix}-{_token(actor, 'actor name')}"
+
+    def service_subject(self, actor: str, endpoint: str = "status") -> str:
+        """Where an actor's micro endpoint listens: ``<prefix>.svc.<actor>.<endpoint>``."""
+        return f"{self.prefix}.svc.{_token(actor, 'actor name')}.{_token(endpoint, 'endpoint')}"
+
     # ---- JetStream API subjects of the job stream ---------------------------------------
 
     def consumer_next_subject(self, durable: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections import Counter
 
 import anyio
 import httpx
@@ -80,6 +81,8 @@ class ProviderActor:
         self._running: dict[str, set[anyio.CancelScope]] = {}
         # Three heartbeats per ack_wait whatever its size (a 1 s floor used to equal a 1 s ack_wait).
         self.heartbeats = Heartbeats(max(0.05, cfg.actors.ack_wait / 3))
+        self.counts: Counter[str] = Counter()
+        """Attempts this process finished: ``succeeded`` and one key per failure reason (``nats micro stats``)."""
         # Image checks (inputs and results) run on worker threads, a few at a time: each may
         # decode up to limits.max_pixels, and more threads than cores only add memory.
         self._checks = anyio.CapacityLimiter(os.cpu_count() or 1)
@@ -210,6 +213,7 @@ class ProviderActor:
             )
         elapsed = int((time.monotonic() - started) * 1000)
         log.info("attempt_succeeded", blob=ref.name, bytes=ref.size, mime=ref.mime, elapsed_ms=elapsed)
+        self.counts["succeeded"] += 1
         return AttemptSucceeded(
             job_id=d.job_id,
             attempt=d.attempt,
@@ -290,6 +294,7 @@ class ProviderActor:
         retry_after = min(max(retry_after, 0.0), MAX_RETRY_AFTER) if math.isfinite(retry_after) else MAX_RETRY_AFTER
         status = status if 0 <= status <= 999 else 0
         log.info("attempt_failed", reason=reason, message=text, status=status, elapsed_ms=elapsed)
+        self.counts[reason] += 1
         return AttemptFailed(
             job_id=d.job_id,
             attempt=d.attempt,

@@ -24,6 +24,7 @@ requested the job, and a job id once (a second request for a used id runs nothin
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import anyio
 import structlog
@@ -86,6 +87,8 @@ class Router:
         limits = bus.config.limits
         self.admission = Admission(limits.max_jobs_per_client, limits.max_jobs_per_user)
         self.health = HealthBoard(bus.health(), bus.config)
+        self.counts: Counter[str] = Counter()
+        """Messages this process handled, by subject kind (``requested``, ``cancel``, ``attempt``)."""
         self.consumer = bus.consumer(
             bus.names.router_consumer,
             decoding(bus.names, self.handle, refused=self._refused),
@@ -137,6 +140,7 @@ class Router:
             _log_written(rejected)
 
     async def handle(self, inbound: Inbound) -> None:
+        self.counts[inbound.where.kind] += 1
         async with self._locks(inbound.where.job_id):
             await self._step(inbound)
 

@@ -112,6 +112,10 @@ class Heartbeats:
         self._held: dict[int, Delivery] = {}
         self._failing: set[int] = set()
 
+    def __len__(self) -> int:
+        """Deliveries held now (attempts running in this process)."""
+        return len(self._held)
+
     @contextlib.contextmanager
     def holding(self, delivery: Delivery) -> Iterator[None]:
         key = id(delivery)

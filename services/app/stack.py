@@ -16,6 +16,7 @@ from typing import Protocol
 
 import anyio
 import structlog
+from nats.micro.service import Service
 
 from ..actors.ports import JobBus
 from ..actors.provider import ProviderActor
@@ -26,6 +27,7 @@ from ..infra.embedded import Credentials, EmbeddedServer, write_private
 from ..infra.logging import REDACTOR, ensure_logging
 from ..providers.base import Provider
 from ..providers.catalog import providers_for
+from .micro import register_services, stop_service
 
 __all__ = ("Endpoint", "Stack", "open_bus", "running", "running_embedded", "running_embedded_url")
 
@@ -137,15 +139,23 @@ class Stack:
         return cls(bus, router="router" in names, providers=provs)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        async with anyio.create_task_group() as tg:
-            for actor in self.actors:
-                await tg.start(actor.run)
-            log.info(
-                "stack_ready",
-                router=self.router is not None,
-                providers=[p.alias for p in self.providers],
-            )
-            task_status.started()
+        services: list[Service] = []
+        try:
+            async with anyio.create_task_group() as tg:
+                for actor in self.actors:
+                    await tg.start(actor.run)
+                if isinstance(self.bus, Bus):  # discoverable the NATS way (nats micro ls)
+                    services = await register_services(self.bus, self.router, self.providers)
+                log.info(
+                    "stack_ready",
+                    router=self.router is not None,
+                    providers=[p.alias for p in self.providers],
+                )
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for service in services:
+                    await stop_service(service)
 
     async def stop(self) -> None:
         async with anyio.create_task_group() as tg:

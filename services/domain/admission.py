@@ -30,6 +30,10 @@ class Admission:
         self._users: Counter[tuple[str, str]] = Counter()
         self._expiry: list[tuple[float, str]] = []
 
+    def __len__(self) -> int:
+        """Jobs this router counts as running."""
+        return len(self._jobs)
+
     def __contains__(self, job_id: str) -> bool:
         return job_id in self._jobs
 
