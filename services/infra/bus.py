@@ -112,7 +112,8 @@ class Logged(NamedTuple):
 
     seq: int
     writer: str
-    """The client (requests, cancels) or provider (dispatches, results) in the subject; ``""`` for ``done``."""
+    """The token of the subject: the client (requests, cancels; for terminal events the client
+    that requested the job) or the provider (dispatches, results)."""
     event: JobEvent
 
 
@@ -470,7 +471,8 @@ class Bus:
     ) -> tuple[int, bool]:
         """Like :meth:`publish`, also telling whether the server dropped it as a duplicate.
 
-        Requests and cancels are written under ``client`` (default: ``NatsConfig.client()``). A
+        Requests and cancels are written under ``client`` (default: ``NatsConfig.client()``), and
+        terminal events for it (the router passes the job's client). A
         ``JobRequested`` is only accepted while its job has no event at all
         (``Nats-Expected-Last-Subject-Sequence: 0`` over ``<prefix>.job.<id>.>``): a job id
         is used once. The router also checks this itself, for clients that do not say so.
