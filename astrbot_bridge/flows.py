@@ -2,15 +2,21 @@
 
 The :class:`Bridge` translates only: it parses the command (``commands``), reads the
 input images (``images``), paces the user (``feedback``), submits a job with
-``services.client`` / ``services.selfie``, waits for its terminal event and sends the
-result (``sending``). Provider choice, retries, fallbacks and size handling all happen
+``services.client`` / ``services.selfie``, and sends the result (``sending``) when its
+terminal event arrives. Provider choice, retries, fallbacks and size handling all happen
 in the router and the providers, configured by the same settings.
+
+Terminal events come from this client's durable results consumer (``delivery``): to the
+handler still waiting for the job in this process if there is one (registered before the
+job is submitted), else straight to the chat session stored in the job's request — so a
+result that finishes while the plugin is reloading or AstrBot is restarting arrives once
+it is back. A result is acked only after the chat got it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +24,52 @@ from astrbot.api import logger
 from astrbot.api import message_components as Comp
 from astrbot.api.event import MessageChain
 
-from ..messages import JobCompleted, Operation
-from ..services.app.client import Client
+from ..messages import (
+    BlobRef,
+    DecodeError,
+    JobCompleted,
+    JobRequested,
+    Operation,
+    TerminalEvent,
+    decode_event,
+    placed,
+)
+from ..services.app.client import Client, new_job_id
 from ..services.app.selfie import submit_selfie, webui_references
 from ..services.config import Config
 from ..services.domain.errors import AiimgError, SelfieError
+from ..services.infra.delivery import Delivery
+from ..services.infra.retry import Backoff
 from ..services.providers._common import download
 from . import texts
 from .commands import Request, find_command, parse, resolve_tool_mode, valid_output
+from .delivery import LastResults, Stopped, Waiter, Waiters
 from .feedback import FAILED, PROCESSING, SUCCEEDED, Debouncer, UserSlots, react
 from .images import AVATAR_URL, collect_images
 from .runtime import BusRuntime, wait_budget
 from .sending import ResultCache, Sink, limits_for, send_image, send_text, send_video
 
-__all__ = ("Bridge", "event_sink", "proactive_sink")
+__all__ = ("DELIVER_RETRY", "Bridge", "event_sink", "proactive_sink", "proactive_target")
 
 HANDLED = "aiimg_handled"
 """Event extra set once a handler of this plugin took the message (the fallback then stays out)."""
 
 REF_SHOW_LIMIT = 5
+
+DELIVER_RETRY = Backoff(5.0, cap=300.0, tries=8)
+"""A result nobody in this process waits for, that could not reach its chat (the platform not
+loaded or not connected yet, a send refused), comes back after 5 s, doubling, at most 5 min;
+after 8 tries (about 10 minutes) it is logged once and dropped."""
+
+STOP_DRAIN = 10.0
+"""Seconds a stopping plugin lets LLM-tool deliveries that are sending finish."""
+
+_TERMINAL = (
+    "job.completed.v1",
+    "job.failed.v1",
+    "job.cancelled.v1",
+    "job.rejected.v1",
+)
 
 
 def event_sink(event: Any) -> Sink:
@@ -55,6 +88,33 @@ def proactive_sink(context: Any, session: str) -> Sink:
     return send
 
 
+def proactive_target(context: Any, session: str) -> Sink | None:
+    """A sink to chat ``session``, or None while no loaded platform adapter serves it (AstrBot
+    loads plugins before platforms; an adapter may be disabled, or the session malformed)."""
+    platform = session.split(":", 1)[0]
+    insts = getattr(getattr(context, "platform_manager", None), "platform_insts", None) or []
+    if not platform or not any(str(p.meta().id) == platform for p in insts):
+        return None
+    return proactive_sink(context, session)
+
+
+class _Counting:
+    """A sink that counts what reached the chat and keeps the last refusal."""
+
+    def __init__(self, sink: Sink) -> None:
+        self._sink = sink
+        self.sent = 0
+        self.error = ""
+
+    async def __call__(self, chain: MessageChain) -> None:
+        try:
+            await self._sink(chain)
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"[:200]
+            raise
+        self.sent += 1
+
+
 def _origin(event: Any) -> dict[str, str]:
     return {
         "source": "astrbot",
@@ -68,10 +128,22 @@ def _origin(event: Any) -> dict[str, str]:
 class Bridge:
     """One per plugin instance: the bus runtime, pacing state, result caches, background tasks."""
 
-    def __init__(self, config: Config, *, data_dir: Path, site_packages: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        data_dir: Path,
+        site_packages: Path | None = None,
+        reach: Callable[[str], Sink | None] | None = None,
+    ) -> None:
         self.config = config
         self.data_dir = data_dir
-        self.runtime = BusRuntime(config, site_packages=site_packages)
+        self.reach = reach
+        """A sink to a chat session (unified_msg_origin), or None while it cannot be reached."""
+        self.waiters = Waiters()
+        self.last = LastResults(data_dir / "last_results.json")
+        self.retry = DELIVER_RETRY
+        self.runtime = BusRuntime(config, site_packages=site_packages, on_result=self.on_result)
         self.debounce = Debouncer(config.debounce_interval)
         self.slots = UserSlots(config.max_user_concurrency)
         self.videos = UserSlots(1)
@@ -91,10 +163,15 @@ class Bridge:
         return ok
 
     async def stop(self) -> None:
+        # Live handlers stop waiting (their results come from the durable consumer next start);
+        # deliveries already handed over finish, within the runtime's drain.
+        self.waiters.stop()
         tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
-        # Each ends cancelled (what we asked for); anything else it ended with is logged, not lost.
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_DRAIN)
+            for task in pending:
+                task.cancel()  # its result comes back to the next start (not acked)
+        # Anything a task ended with besides a cancel is logged, not lost.
         for outcome in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(outcome, Exception):
                 logger.warning(f"aiimg: a background delivery ended with {type(outcome).__name__}: {outcome}")
@@ -128,6 +205,8 @@ class Bridge:
             await send_text(sink, texts.preset_list("视频预设", self.video_presets, "/视频 <预设名> [补充]"))
         elif kind == "edit_presets":
             await send_text(sink, texts.preset_list("改图预设", self.edit_presets, "/<预设名> [补充]"))
+        elif kind == "resend":
+            await self._resend(event, sink)
         else:
             await send_text(sink, texts.edit_help(self.edit_presets))
 
@@ -180,14 +259,40 @@ class Bridge:
             return
         with self.slots.held(user):
             await react(event, PROCESSING)
-            job = await self._submit(
-                event, sink, client, op, request.prompt, images, output=request.output, backend=request.backend
-            )
-            if job is None:
-                await react(event, FAILED)
+            waiter = await self._expect(sink)
+            if waiter is None:
                 return
-            await send_text(sink, texts.ACK[op])
-            ok = await self._deliver(event, sink, client, op, job)
+            with waiter:
+                job = await self._submit(
+                    event,
+                    sink,
+                    client,
+                    op,
+                    request.prompt,
+                    images,
+                    output=request.output,
+                    backend=request.backend,
+                    job_id=waiter.job_id,
+                )
+                if job is None:
+                    await react(event, FAILED)
+                    return
+                await send_text(sink, texts.ACK[op])
+                ok = await self._deliver(event, sink, client, op, waiter)
+            await self._react_outcome(event, sink, ok)
+
+    async def _expect(self, sink: Sink) -> Waiter | None:
+        """A fresh job id with its waiter registered (before the job exists); None while stopping."""
+        try:
+            return self.waiters.expect(new_job_id())
+        except Stopped:
+            await send_text(sink, texts.BUS_DOWN.format(reason="plugin stopping"))
+            return None
+
+    async def _react_outcome(self, event: Any, sink: Sink, ok: bool | None) -> None:
+        if ok is None:  # the plugin stopped while waiting: the result comes after it is back
+            await send_text(sink, texts.RESTARTING)
+        else:
             await react(event, SUCCEEDED if ok else FAILED)
 
     async def _submit(
@@ -201,9 +306,12 @@ class Bridge:
         *,
         output: str = "",
         backend: str = "",
+        job_id: str,
     ) -> str | None:
         """Write the job; on a refusal tell the chat why and return None."""
-        job, why = await self._try_submit(event, client, op, prompt, images, output=output, backend=backend)
+        job, why = await self._try_submit(
+            event, client, op, prompt, images, output=output, backend=backend, job_id=job_id
+        )
         if why:
             await send_text(sink, why)
             return None
@@ -219,6 +327,7 @@ class Bridge:
         *,
         output: str = "",
         backend: str = "",
+        job_id: str,
     ) -> tuple[str, str]:
         """``(job_id, "")``, or ``("", why)`` with the text explaining why no job was written."""
         try:
@@ -235,10 +344,11 @@ class Bridge:
                     backend=backend,
                     output=output,
                     origin=_origin(event),
+                    job_id=job_id,
                 )
             else:
                 job = await client.submit(
-                    op, prompt, images=images, output=output, backend=backend, origin=_origin(event)
+                    op, prompt, images=images, output=output, backend=backend, origin=_origin(event), job_id=job_id
                 )
         except SelfieError as exc:
             return "", texts.SELFIE_DISABLED if exc.code == "disabled" else texts.SELFIE_NO_REFS
@@ -248,26 +358,54 @@ class Bridge:
             return "", texts.BUS_DOWN.format(reason=f"{type(exc).__name__}: {exc}")
         return job, ""
 
-    async def _deliver(self, event: Any, sink: Sink, client: Client, op: Operation, job_id: str) -> bool:
-        """Wait for the job's end and send the result or the reasons; True on success."""
+    async def _deliver(self, event: Any, sink: Sink, client: Client, op: Operation, waiter: Waiter) -> bool | None:
+        """Wait for the job's end and send the result or the reasons; True on success, None if
+        the plugin stopped first (the results consumer delivers it after the next start)."""
+        job_id = waiter.job_id
         budget = wait_budget(self.config, op)
         try:
-            end = await client.wait(job_id, timeout=budget)
+            end = await waiter.wait(budget)
+        except Stopped:
+            return None
         except TimeoutError:
+            self.waiters.gave_up(job_id)
             try:
                 await client.cancel(job_id, "no result in time")
             except Exception as exc:  # the bus went away: the job ends by its own deadline instead
                 logger.warning(f"aiimg: could not cancel job {job_id}: {type(exc).__name__}: {exc}")
             await send_text(sink, texts.TIMEOUT.format(seconds=budget))
             return False
-        except Exception as exc:
-            await send_text(sink, texts.BUS_DOWN.format(reason=f"{type(exc).__name__}: {exc}"))
-            return False
+        return await self._present(
+            sink,
+            client,
+            op,
+            end,
+            platform=str(event.get_platform_name()),
+            session=str(event.unified_msg_origin),
+        )
+
+    async def _present(
+        self, sink: Sink, client: Client, op: str, end: TerminalEvent, *, platform: str, session: str
+    ) -> bool:
+        """Send a job's outcome to a chat: the result with its fallbacks, or the reasons. True if
+        the result (or its preview, or a video link) reached the chat; it is then remembered for
+        ``/重发图片``."""
         if not isinstance(end, JobCompleted):
             await send_text(sink, texts.failure_text(op, end))
             return False
+        ok = await self._send_result(sink, client, op, end.result, end.source_url, end.job_id, platform)
+        if ok:
+            try:
+                self.last.remember(session, end, op=op, platform=platform)
+            except OSError as exc:  # a full or read-only disk: only /重发图片 misses it
+                logger.warning(f"aiimg: could not remember the last result: {type(exc).__name__}: {exc}")
+        return ok
+
+    async def _send_result(
+        self, sink: Sink, client: Client, op: str, ref: BlobRef, source_url: str, name: str, platform: str
+    ) -> bool:
         try:
-            data = await client.blobs.get(end.result)
+            data = await client.blobs.get(ref)
         except AiimgError as exc:
             await send_text(sink, texts.SEND_FAILED.format(reason=str(exc)))
             return False
@@ -276,19 +414,92 @@ class Bridge:
             return await send_video(
                 sink,
                 data,
-                source_url=end.source_url,
-                name=job_id,
+                source_url=source_url,
+                name=name,
                 cache=self.video_cache,
                 mode=video.send_mode,
                 timeout=video.send_timeout_seconds,
             )
         return await send_image(
-            sink,
-            data,
-            mime=end.result.mime,
-            name=job_id,
-            cache=self.image_cache,
-            limits=limits_for(str(event.get_platform_name())),
+            sink, data, mime=ref.mime, name=name, cache=self.image_cache, limits=limits_for(platform)
+        )
+
+    # ---- results from the durable consumer ------------------------------------------
+
+    async def on_result(self, delivery: Delivery) -> None:
+        """One terminal event of this client's jobs: to its live handler, else to its chat."""
+        bus, client = self.runtime.bus, self.runtime.client
+        if bus is None or client is None:  # the runtime is going away: the next start takes it
+            await delivery.nak(self.retry.delay(1))
+            return
+        try:
+            event = decode_event(delivery.data)
+            where = bus.names.parse(delivery.subject)
+        except (DecodeError, ValueError) as exc:
+            logger.warning(f"aiimg: unreadable result on {delivery.subject}: {exc}")
+            await delivery.term()
+            return
+        if where.kind != "done" or not placed(where, event) or event.__struct_config__.tag not in _TERMINAL:
+            logger.warning(f"aiimg: {event.__struct_config__.tag} on {delivery.subject} is not a result; skipped")
+            await delivery.term()
+            return
+        end: TerminalEvent = event  # type: ignore[assignment]
+        waiter = self.waiters.get(end.job_id)
+        if waiter is not None and waiter.offer(end):
+            if await waiter.settled():
+                await delivery.ack()
+            else:  # the handler ended before the chat had it: deliver it as if nobody waited
+                await delivery.nak(self.retry.delay(1))
+            return
+        if self.waiters.given_up(end.job_id) and not isinstance(end, JobCompleted):
+            await delivery.ack()  # the chat was told it timed out; the cancel adds nothing
+            return
+        await self._deliver_later(delivery, client, end)
+
+    async def _deliver_later(self, delivery: Delivery, client: Client, end: TerminalEvent) -> None:
+        """Send ``end`` to the chat its request came from; ack once something reached it."""
+        job_id = end.job_id
+        history = await client.bus.read_job(job_id)
+        request = next((e.event for e in history.entries if isinstance(e.event, JobRequested)), None)
+        session = request.origin.get("session", "") if request is not None else ""
+        if request is None or not session:
+            logger.warning(f"aiimg: job {job_id} ended, but its request names no chat session: nothing to send")
+            await delivery.ack()
+            return
+        sink = self.reach(session) if self.reach is not None else None
+        counted = _Counting(sink) if sink is not None else None
+        if counted is not None:
+            await delivery.in_progress()
+            platform = request.origin.get("platform", "")
+            await self._present(counted, client, request.op, end, platform=platform, session=session)
+            if counted.sent:
+                await delivery.ack()
+                return
+        why = counted.error if counted is not None else "no loaded platform adapter can send to it proactively"
+        tries = delivery.delivered
+        if self.retry.gives_up(tries, 0.0):
+            logger.error(f"aiimg: the result of job {job_id} could not be sent to chat {session} ({why}); dropped")
+            await delivery.ack()
+            return
+        await delivery.nak(self.retry.delay(tries))
+
+    # ---- /重发图片 ------------------------------------------------------------------
+
+    async def _resend(self, event: Any, sink: Sink) -> None:
+        last = self.last.get(str(event.unified_msg_origin))
+        if last is None:
+            await send_text(sink, texts.RESEND_NONE)
+            return
+        client = await self._client(sink)
+        if client is None:
+            return
+        try:
+            await client.blobs.get(last.result)
+        except AiimgError:
+            await send_text(sink, texts.RESEND_EXPIRED)
+            return
+        await self._send_result(
+            sink, client, last.op, last.result, last.source_url, f"{last.job_id}_again", str(event.get_platform_name())
         )
 
     # ---- video --------------------------------------------------------------------
@@ -316,13 +527,17 @@ class Bridge:
             return
         with self.videos.held(user):
             await react(event, PROCESSING)
-            job = await self._submit(event, sink, client, "video", request.prompt, images[:1])
-            if job is None:
-                await react(event, FAILED)
+            waiter = await self._expect(sink)
+            if waiter is None:
                 return
-            await send_text(sink, texts.ACK["video"])
-            ok = await self._deliver(event, sink, client, "video", job)
-            await react(event, SUCCEEDED if ok else FAILED)
+            with waiter:
+                job = await self._submit(event, sink, client, "video", request.prompt, images[:1], job_id=waiter.job_id)
+                if job is None:
+                    await react(event, FAILED)
+                    return
+                await send_text(sink, texts.ACK["video"])
+                ok = await self._deliver(event, sink, client, "video", waiter)
+            await self._react_outcome(event, sink, ok)
 
     # ---- selfie references --------------------------------------------------------
 
@@ -395,21 +610,34 @@ class Bridge:
         if not self.slots.try_acquire(user):
             return texts.TOO_MANY.format(n=self.slots.running(user))
         chosen = "" if backend.strip().lower() in ("", "auto") else backend.strip()
-        job, why = await self._try_submit(event, client, op, prompt, images, output=output, backend=chosen)
+        try:
+            waiter = self.waiters.expect(new_job_id())
+        except Stopped:
+            self.slots.release(user)
+            return texts.BUS_DOWN.format(reason="plugin stopping")
+        job, why = await self._try_submit(
+            event, client, op, prompt, images, output=output, backend=chosen, job_id=waiter.job_id
+        )
         if why:
+            waiter.release()
             self.slots.release(user)
             return why
         await react(event, PROCESSING)
-        self._background(self._finish_later(event, later, client, op, job, user))
+        self._background(self._finish_later(event, later, client, op, waiter, user))
         return texts.TOOL_STARTED.format(what=texts.WHAT[op], job=job)
 
-    async def _finish_later(self, event: Any, sink: Sink, client: Client, op: Operation, job: str, user: str) -> None:
+    async def _finish_later(
+        self, event: Any, sink: Sink, client: Client, op: Operation, waiter: Waiter, user: str
+    ) -> None:
+        """The LLM tool's delivery: the same path as a command's (a stop hands it to the next start)."""
         with self.slots.held(user):
             try:
-                ok = await self._deliver(event, sink, client, op, job)
-            except Exception as exc:
-                logger.error(f"aiimg: delivering job {job} failed: {type(exc).__name__}: {exc}")
-                ok = False
+                with waiter:
+                    ok = await self._deliver(event, sink, client, op, waiter)
+            except Exception as exc:  # not acked: the results consumer sends it to the chat instead
+                logger.error(f"aiimg: delivering job {waiter.job_id} failed: {type(exc).__name__}: {exc}")
+                return
+        if ok is not None:
             await react(event, SUCCEEDED if ok else FAILED)
 
     def _background(self, coro: Awaitable[None]) -> None:

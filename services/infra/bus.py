@@ -58,6 +58,7 @@ __all__ = (
     "connect",
     "consumer_configs",
     "consumer_drift",
+    "results_consumer_config",
     "unsubscribe",
 )
 
@@ -163,6 +164,30 @@ def consumer_configs(names: Names, config: ConfigBase) -> list[js_api.ConsumerCo
         for alias in config.capabilities
     ]
     return [router, *providers]
+
+
+RESULTS_ACK_WAIT = 120.0
+"""Seconds a client has to deliver a result (fetch it, send it to the chat) before it comes back."""
+
+
+def results_consumer_config(names: Names, client: str) -> js_api.ConsumerConfig:
+    """Client ``client``'s durable consumer of its own results (``<prefix>.job.*.done.<client>``).
+
+    Created by the client itself (its NATS user may create exactly this consumer), starting
+    with the results written from then on; afterwards it keeps its place across restarts.
+    """
+    durable = names.deliver_consumer(client)
+    return js_api.ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.NEW,
+        ack_wait=RESULTS_ACK_WAIT,
+        max_deliver=-1,
+        max_ack_pending=CONSUMER_MAX_ACK_PENDING,
+        max_waiting=CONSUMER_MAX_WAITING,
+        filter_subject=names.subject("done", token=client),
+    )
 
 
 def _unset(key: str, value: Any) -> bool:
@@ -432,6 +457,25 @@ class Bus:
                 return None
             raise BusError(f"cannot read consumer {name}: {err.get('description', err)}")
         return doc
+
+    async def ensure_results_consumer(self, client: str) -> str:
+        """Create (or keep) client ``client``'s results consumer; returns its durable name.
+
+        The create subject names the consumer and its filter, which is what a client's NATS
+        user is allowed (``deploy/permissions.py``); a refusal is a :class:`BusError` saying so.
+        """
+        cfg = results_consumer_config(self.names, client)
+        assert cfg.name is not None
+        try:
+            await self.js.add_consumer(self.names.jobs_stream, cfg)
+        except NatsTimeoutError:
+            raise BusError(
+                f"creating consumer {cfg.name} got no answer (may this NATS user create it? "
+                "regenerate deploy/nats/auth.conf)"
+            ) from None
+        except APIError as exc:
+            raise BusError(f"cannot create consumer {cfg.name}: {exc}") from None
+        return cfg.name
 
     # ---- what actors use (the NATS side of services.actors.ports.JobBus) -----------------
 
