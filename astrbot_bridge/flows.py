@@ -61,6 +61,9 @@ DELIVER_RETRY = Backoff(5.0, cap=300.0, tries=8)
 loaded or not connected yet, a send refused), comes back after 5 s, doubling, at most 5 min;
 after 8 tries (about 10 minutes) it is logged once and dropped."""
 
+HANDOVER_PROGRESS = 30.0
+"""While a live handler sends a result, its message's ack deadline is renewed this often."""
+
 STOP_DRAIN = 10.0
 """Seconds a stopping plugin lets LLM-tool deliveries that are sending finish."""
 
@@ -446,7 +449,7 @@ class Bridge:
         end: TerminalEvent = event  # type: ignore[assignment]
         waiter = self.waiters.get(end.job_id)
         if waiter is not None and waiter.offer(end):
-            if await waiter.settled():
+            if await self._handed_over(delivery, waiter):
                 await delivery.ack()
             else:  # the handler ended before the chat had it: deliver it as if nobody waited
                 await delivery.nak(self.retry.delay(1))
@@ -455,6 +458,19 @@ class Bridge:
             await delivery.ack()  # the chat was told it timed out; the cancel adds nothing
             return
         await self._deliver_later(delivery, client, end)
+
+    async def _handed_over(self, delivery: Delivery, waiter: Waiter) -> bool:
+        """Whether the live handler delivered it; the message is kept ours while it sends (a long
+        video upload must not make the server hand it out again)."""
+        settled = asyncio.ensure_future(waiter.settled())
+        try:
+            while True:
+                done, _ = await asyncio.wait({settled}, timeout=HANDOVER_PROGRESS)
+                if done:
+                    return settled.result()
+                await delivery.in_progress()
+        finally:
+            settled.cancel()
 
     async def _deliver_later(self, delivery: Delivery, client: Client, end: TerminalEvent) -> None:
         """Send ``end`` to the chat its request came from; ack once something reached it."""
