@@ -22,7 +22,7 @@ from astrbot.api.star import Context, Star, StarTools
 from astrbot.core.star.filter.custom_filter import CustomFilter
 from astrbot.core.utils.astrbot_path import get_astrbot_data_path
 
-from .astrbot_bridge.flows import HANDLED, Bridge, proactive_sink
+from .astrbot_bridge.flows import HANDLED, Bridge, proactive_sink, proactive_target
 from .astrbot_bridge.logs import route_core_logs, warn_missing_keys
 from .astrbot_bridge.settings import PLUGIN_NAME, load_settings
 
@@ -63,7 +63,10 @@ class AiimgPlugin(Star):
         warn_missing_keys(cfg)
         # AstrBot's desktop build pip-installs plugin requirements into data/site-packages.
         site_packages = Path(get_astrbot_data_path()) / "site-packages"
-        self.bridge = Bridge(cfg, data_dir=data_dir, site_packages=site_packages)
+        # Results that finish while nobody here waits (after a reload or restart) go to the chat directly.
+        self.bridge = Bridge(
+            cfg, data_dir=data_dir, site_packages=site_packages, reach=lambda s: proactive_target(context, s)
+        )
         global _active
         _active = self.bridge
 
@@ -149,6 +152,11 @@ class AiimgPlugin(Star):
     @filter.command("改图帮助")
     async def edit_help(self, event: AstrMessageEvent) -> None:
         """改图用法与预设"""
+        await self._command(event)
+
+    @filter.command("重发图片")
+    async def resend(self, event: AstrMessageEvent) -> None:
+        """重发本会话上一次生成的结果：/重发图片"""
         await self._command(event)
 
     @filter.custom_filter(FallbackFilter, priority=-10)

@@ -28,7 +28,9 @@ __all__ = (
     "valid_output",
 )
 
-Kind: TypeAlias = Literal["draw", "edit", "selfie", "selfie_ref", "video", "video_presets", "edit_presets", "edit_help"]
+Kind: TypeAlias = Literal[
+    "draw", "edit", "selfie", "selfie_ref", "video", "video_presets", "edit_presets", "edit_help", "resend"
+]
 
 COMMANDS: dict[Kind, tuple[str, ...]] = {
     "draw": ("aiimg", "文生图", "生图", "画图", "绘图", "出图"),
@@ -39,6 +41,7 @@ COMMANDS: dict[Kind, tuple[str, ...]] = {
     "video_presets": ("视频预设列表",),
     "edit_presets": ("预设列表",),
     "edit_help": ("改图帮助",),
+    "resend": ("重发图片",),
 }
 """Command → its names. The first name is what AstrBot registers; the rest are aliases."""
 
@@ -173,7 +176,7 @@ def parse(
         if first in video_presets:
             return Request("video", _with_preset(video_presets[first], extra), preset=first, command=name)
         return Request("video", rest, command=name)
-    assert kind in ("video_presets", "edit_presets", "edit_help")
+    assert kind in ("video_presets", "edit_presets", "edit_help", "resend")
     return Request(kind, rest, command=name)  # type: ignore[arg-type]
 
 

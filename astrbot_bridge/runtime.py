@@ -7,7 +7,8 @@ Either way the rest of the plugin sees the same :class:`~services.app.client.Cli
 
 The bus lives in one background asyncio task for the plugin's lifetime, because
 ``open_bus`` and ``running`` are context managers that must be entered and left in the
-same task.
+same task. That task also runs the client's results consumer (``deliver-<client>``), whose
+messages go to ``on_result`` (the bridge's deliverer) until the runtime stops.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import os
 from pathlib import Path
 
+import anyio
 import structlog
 
 from ..messages import JobRequested, Operation
@@ -29,10 +31,17 @@ from ..services.domain.routing import plan_chain
 from ..services.infra.bus import Bus
 from ..services.infra.embedded import find_nats_server
 from ..services.infra.http import DownloadClient, download_client
+from ..services.infra.pull import Handler
 
-__all__ = ("BusRuntime", "wait_budget")
+__all__ = ("DELIVER_CONCURRENCY", "DELIVER_DRAIN", "BusRuntime", "wait_budget")
 
 log = structlog.get_logger("aiimg.bridge.runtime")
+
+DELIVER_CONCURRENCY = 8
+"""Results delivered to chats at once."""
+
+DELIVER_DRAIN = 10.0
+"""Seconds a stopping plugin lets deliveries in progress finish; the rest come back next start."""
 
 
 def wait_budget(config: Config, op: Operation, backend: str = "") -> float:
@@ -71,8 +80,10 @@ def _point_at_bundled_nats_server(site_packages: Path | None) -> None:
 class BusRuntime:
     """Owns the bus for the plugin: start once, use ``client`` / ``refs``, stop on unload."""
 
-    def __init__(self, config: Config, *, site_packages: Path | None = None) -> None:
+    def __init__(self, config: Config, *, site_packages: Path | None = None, on_result: Handler | None = None) -> None:
         self.config = config
+        self.on_result = on_result
+        """Gets every message of this client's results consumer; without one, none is read."""
         self.embedded = not config.nats.url.strip()
         self.site_packages = site_packages
         self.bus: Bus | None = None
@@ -124,11 +135,9 @@ class BusRuntime:
                     self.http = http
                     if self.embedded:
                         async with running(Stack(bus)):
-                            self._ready.set()
-                            await self._stop.wait()
+                            await self._deliver_until_stopped(bus)
                     else:
-                        self._ready.set()
-                        await self._stop.wait()
+                        await self._deliver_until_stopped(bus)
         except AiimgError as exc:
             self.error = str(exc)
         except Exception as exc:  # nats-py and the OS raise many unrelated types here
@@ -137,6 +146,21 @@ class BusRuntime:
             self.bus = self.client = self.refs = None
             self.http = None
             self._ready.clear()
+
+    async def _deliver_until_stopped(self, bus: Bus) -> None:
+        """Ready: read this client's results (if anyone takes them) until :meth:`stop`."""
+        if self.on_result is None:
+            self._ready.set()
+            await self._stop.wait()
+            return
+        durable = await bus.ensure_results_consumer(self.config.nats.client())
+        consumer = bus.consumer(durable, self.on_result, concurrency=DELIVER_CONCURRENCY, name="deliver")
+        consumer.drain_timeout = DELIVER_DRAIN
+        async with anyio.create_task_group() as tg:
+            await tg.start(consumer.run)
+            self._ready.set()
+            await self._stop.wait()
+            await consumer.stop()
 
     async def stop(self, timeout: float = 30.0) -> None:
         task = self._task

@@ -50,6 +50,9 @@ SEND_FAILED = "结果已生成，但发送失败：{reason}"
 VIDEO_LINK = "🎬 视频已生成：{url}"
 VIDEO_NO_LINK = "视频已生成，但发送失败，且没有可用的链接。"
 PREVIEW_NOTE = "原图较大（{size}），已发送压缩预览，原图见文件。"
+RESTARTING = "插件正在重新加载，结果生成后会自动发送到这里。"
+RESEND_NONE = "这里还没有可以重发的结果。"
+RESEND_EXPIRED = "上次的结果已过期（超过保存期限），无法重发，请重新生成。"
 TOOL_STARTED = "已开始{what}（任务 {job}），完成后会直接发送给用户，无需再次调用。"
 TOOL_BAD_OUTPUT = "output 参数无效：{output}（可用 4K / 2K / 1K / 1024x1536 / 16:9）"
 TOOL_EMPTY_PROMPT = "prompt 为空：请提供要生成的画面描述。"
@@ -136,6 +139,7 @@ def edit_help(presets: Mapping[str, str]) -> str:
         "改图用法：发送（或引用）图片，然后\n"
         "/改图 <要怎么改>（也可 /aiedit /图生图 /修图）\n"
         "/改图 <预设名> [补充] 或 /<预设名> [补充]\n"
-        "不附图时可 @ 某人，用他的头像。"
+        "不附图时可 @ 某人，用他的头像。\n"
+        "/重发图片 —— 重发本会话上一次的结果"
     )
     return head + "\n\n" + preset_list("改图预设", presets, "/<预设名> [补充]")

@@ -3,7 +3,7 @@ and the direct baselines (httpx against the same upstream, no bus) measured the 
 
 ``python -m bench._load jobs CONFIG.json N [--submitters K]``: submit N draw jobs with the
 real :class:`services.app.client.Client` from K concurrent tasks, count terminal events on
-one core subscription (``<prefix>.job.*.done``), and print a JSON summary.
+one core subscription (``<prefix>.job.*.done.*``), and print a JSON summary.
 
 ``python -m bench._load direct URL N [--concurrency K] [--plain]``: N POSTs to ``URL`` with K
 in flight, each decoded as a provider would (msgspec, then pybase64). The client is the one a

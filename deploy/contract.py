@@ -257,7 +257,9 @@ CHANNELS: dict[str, dict[str, str]] = {
     },
     "done": {
         "title": "Terminal events",
-        "description": "The job ended: exactly one of these is the job's outcome (the first one stored).",
+        "description": "The job ended: exactly one of these is the job's outcome (the first one stored). "
+        "`client` is the client that requested the job: `<prefix>.job.*.done.<client>` is every result of "
+        "one client (its durable consumer `deliver-<client>`).",
     },
     "history": {
         "title": "A job's history",
@@ -271,7 +273,14 @@ Role = str
 OPERATIONS: tuple[tuple[Role, str, str, tuple[type[msgspec.Struct], ...] | None, str], ...] = (
     ("client", "send", "requested", None, "Submit a job."),
     ("client", "send", "cancel", None, "Ask to cancel a job this client requested."),
-    ("client", "receive", "done", None, "Wait for the job's outcome (subscribe before submitting)."),
+    (
+        "client",
+        "receive",
+        "done",
+        None,
+        "Wait for the job's outcome (subscribe before submitting), or pull every result of this client "
+        "from its durable consumer `deliver-<client>`.",
+    ),
     ("client", "receive", "history", None, "Follow a job: its events as they are written."),
     ("router", "receive", "requested", None, "Take a request (durable consumer `router`)."),
     ("router", "receive", "cancel", None, "Take a cancel (durable consumer `router`)."),
@@ -406,8 +415,9 @@ def asyncapi(names: Names | None = None) -> dict[str, Any]:
                     "examples": [_JOB],
                 },
                 "client": {
-                    "description": "The writing client's name (its setting `nats.client_id`); NATS "
-                    "permissions let a client publish only under its own.",
+                    "description": "A client's name (its setting `nats.client_id`): the writer of requests "
+                    "and cancels — NATS permissions let a client publish only under its own — and, on "
+                    "terminal events, the client that requested the job.",
                     "examples": ["bridge"],
                 },
                 "provider": {

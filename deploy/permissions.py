@@ -27,7 +27,9 @@ Roles (user names; passwords come from the environment of the nats-server proces
 * ``aiimg-<client>`` (one per client: the AstrBot plugin ``bridge``, the CLI …) — may submit
   and cancel only under its own name (``<prefix>.job.*.requested.<client>``), write only its
   own input and reference buckets and its own selfie keys, and read histories and results;
-  it cannot create or change a consumer, dispatch, answer an attempt or end a job;
+  it may create, pull from and ack exactly one durable consumer, its ``deliver-<client>`` on
+  its own results (``<prefix>.job.*.done.<client>``: the create subject names the consumer and
+  its filter), and no other; it cannot dispatch, answer an attempt or end a job;
 * ``aiimg-admin`` — everything in the account, for operators (``nats`` CLI, upgrades).
 
 Each user has its own inbox prefix (``_INBOX_<user>``; set ``nats.inbox_prefix`` to it) and
@@ -131,7 +133,7 @@ def permissions(role: str, prefix: str = "aiimg") -> tuple[list[str], list[str]]
             f"$JS.ACK.{stream}.{n.router_consumer}.>",
             n.subject("dispatch"),
             n.subject("attempt"),  # timeouts, as the provider that went silent
-            n.subject("done"),
+            n.subject("done"),  # <prefix>.job.*.done.*: every client's results
             f"$KV.{kv}.{health}",  # breakers: written compare-and-set by routers only
         ]
         return read + layout + work, [*inbox, f"$KV.{kv}.{health}", *_micro(n, "router")]
@@ -170,8 +172,16 @@ def permissions(role: str, prefix: str = "aiimg") -> tuple[list[str], list[str]]
             f"$JS.API.DIRECT.GET.KV_{kv}.$KV.{kv}.{n.legacy_selfie_key('x').rsplit('.', 1)[0]}.>",
             *_direct_get(f"OBJ_{n.legacy_refs_bucket}"),
         ]
-        # Following jobs: every event of any job (a plain subscription; no consumer).
-        return read + buckets + submit, [*inbox, n.subject("history")]
+        # Its results, durably: one consumer, named and filtered in the create subject (so it can
+        # neither make another consumer nor point its own at another client's results).
+        deliver = n.deliver_consumer(role)
+        results_consumer = [
+            n.consumer_create_subject(deliver, n.subject("done", token=role)),
+            n.consumer_next_subject(deliver),
+            n.ack_subjects(deliver),
+        ]
+        # Following jobs: every event of any job (a plain subscription).
+        return read + buckets + submit + results_consumer, [*inbox, n.subject("history")]
     raise ValueError(f"unknown role {role!r}")
 
 
@@ -202,13 +212,20 @@ MATRIX: tuple[Cell, ...] = (
     _cell("submit a job under its own name", "pub", "{p}.job.probe.requested.{self}", "client"),
     _cell("submit a job under another client's name", "pub", "{p}.job.probe.requested.{other}"),
     _cell("cancel a job under its own name", "pub", "{p}.job.probe.cancel.{self}", "client"),
-    _cell("read job histories", "pub", "$JS.API.DIRECT.GET.{jobs}.{p}.job.probe.done", "router", "provider", "client"),
+    _cell(
+        "read job histories",
+        "pub",
+        "$JS.API.DIRECT.GET.{jobs}.{p}.job.probe.done.bridge",
+        "router",
+        "provider",
+        "client",
+    ),
     _cell("follow every job's events", "sub", "{p}.job.*.>", "client"),
-    _cell("see terminal events", "sub", "{p}.job.*.done", "provider", "client"),
+    _cell("see terminal events", "sub", "{p}.job.*.done.*", "provider", "client"),
     _cell("dispatch an attempt", "pub", "{p}.job.probe.dispatch.local", "router"),
     _cell("answer an attempt as itself", "pub", "{p}.job.probe.attempt.{self}", "router", "provider"),
     _cell("answer another provider's attempt", "pub", "{p}.job.probe.attempt.{other}", "router"),
-    _cell("end a job", "pub", "{p}.job.probe.done", "router"),
+    _cell("end a job", "pub", "{p}.job.probe.done.{self}", "router"),
     _cell("pull its own work items", "pub", "$JS.API.CONSUMER.MSG.NEXT.{jobs}.provider-{self}", "provider"),
     _cell("pull another provider's work items", "pub", "$JS.API.CONSUMER.MSG.NEXT.{jobs}.provider-{other}"),
     _cell("pull the router's messages", "pub", "$JS.API.CONSUMER.MSG.NEXT.{jobs}.router", "router"),
@@ -225,6 +242,44 @@ MATRIX: tuple[Cell, ...] = (
         "$JS.API.CONSUMER.CREATE.{jobs}.provider-local.{p}.job.*.dispatch.local",
         "router",
     ),
+    _cell(
+        "create its own results consumer",
+        "pub",
+        "$JS.API.CONSUMER.CREATE.{jobs}.deliver-{self}.{p}.job.*.done.{self}",
+        "router",
+        "client",
+    ),
+    _cell(
+        "point its results consumer at another client's results",
+        "pub",
+        "$JS.API.CONSUMER.CREATE.{jobs}.deliver-{self}.{p}.job.*.done.{other}",
+        "router",
+    ),
+    _cell(
+        "create another client's results consumer",
+        "pub",
+        "$JS.API.CONSUMER.CREATE.{jobs}.deliver-{other}.{p}.job.*.done.{other}",
+        "router",
+    ),
+    _cell(
+        "create its results consumer without a filter",
+        "pub",
+        "$JS.API.CONSUMER.CREATE.{jobs}.deliver-{self}",
+        "router",
+    ),
+    _cell("pull its own results", "pub", "$JS.API.CONSUMER.MSG.NEXT.{jobs}.deliver-{self}", "client"),
+    _cell("ack its own results", "pub", "$JS.ACK.{jobs}.deliver-{self}.1.1.1.1.1.1", "client"),
+    _cell("pull another client's results", "pub", "$JS.API.CONSUMER.MSG.NEXT.{jobs}.deliver-{other}"),
+    _cell("ack another client's results", "pub", "$JS.ACK.{jobs}.deliver-{other}.1.1.1.1.1.1"),
+    _cell(
+        "read its results consumer's state",
+        "pub",
+        "$JS.API.CONSUMER.INFO.{jobs}.deliver-{self}",
+        "router",
+        "provider",
+        "client",
+    ),
+    _cell("delete its results consumer", "pub", "$JS.API.CONSUMER.DELETE.{jobs}.deliver-{self}", "router"),
     _cell("create a consumer without a name", "pub", "$JS.API.CONSUMER.CREATE.{jobs}", "admin"),
     _cell("create a durable the legacy way", "pub", "$JS.API.CONSUMER.DURABLE.CREATE.{jobs}.router", "admin"),
     _cell("delete a consumer", "pub", "$JS.API.CONSUMER.DELETE.{jobs}.router", "router"),

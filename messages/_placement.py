@@ -36,15 +36,15 @@ def kind_of(event: Event) -> Kind:
 
 
 def event_subject(names: Names, event: Event, client: str = "") -> str:
-    """The subject ``event`` is written on. ``client`` names the writer of requests and cancels."""
+    """The subject ``event`` is written on. ``client`` names the writer of requests and cancels,
+    and for terminal events the client that requested the job."""
     kind = kind_of(event)
-    if kind in ("requested", "cancel"):
-        if not client:
-            raise ValueError(f"{kind} events are written under a client id")
-        return names.subject(kind, event.job_id, client)
     if isinstance(event, (AttemptDispatched, AttemptSucceeded, AttemptFailed)):
         return names.subject(kind, event.job_id, event.provider)
-    return names.subject(kind, event.job_id)
+    if not client:
+        what = "terminal events are written for" if kind == "done" else f"{kind} events are written under"
+        raise ValueError(f"{what} a client id")
+    return names.subject(kind, event.job_id, client)
 
 
 def placed(parsed: ParsedSubject, event: Event) -> bool:

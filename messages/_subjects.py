@@ -6,16 +6,19 @@ Layout (prefix ``aiimg`` by default)::
     aiimg.job.<job_id>.cancel.<client>        CancelRequested         (client <client>)
     aiimg.job.<job_id>.dispatch.<provider>    AttemptDispatched       (router; provider work item)
     aiimg.job.<job_id>.attempt.<provider>     AttemptSucceeded/Failed (provider <provider>, or router on timeout)
-    aiimg.job.<job_id>.done                   JobCompleted/Failed/Cancelled/Rejected (router)
+    aiimg.job.<job_id>.done.<client>          JobCompleted/Failed/Cancelled/Rejected (router, for client <client>)
 
 All of them live in one stream (``AIIMG_JOBS``), so ``aiimg.job.<job_id>.>`` is a
-job's complete, ordered history, and ``aiimg.job.*.dispatch.<provider>`` is the
-provider's work queue (a durable consumer filtered on that subject).
+job's complete, ordered history, ``aiimg.job.*.dispatch.<provider>`` is the
+provider's work queue (a durable consumer filtered on that subject), and
+``aiimg.job.*.done.<client>`` is every result of one client (its durable consumer
+``deliver-<client>`` delivers them to the last hop, e.g. the AstrBot chat).
 
 The last token of a ``requested``/``cancel``/``attempt`` subject names the writer. NATS
 permissions decide who may publish where (``deploy/permissions.py``), so that token is
 an identity the router can trust: a client may only submit under its own name, and a
-provider may only answer attempts as itself.
+provider may only answer attempts as itself. The last token of ``done`` is the client
+that requested the job (the router copies it from the ``requested`` subject).
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ Kind: TypeAlias = Literal["requested", "cancel", "dispatch", "attempt", "done", 
 WRITER_KINDS: frozenset[str] = frozenset({"requested", "cancel", "dispatch", "attempt"})
 """Kinds whose subject ends in a writer token: the client (requested, cancel) or the provider."""
 
+TOKEN_KINDS: frozenset[str] = WRITER_KINDS | {"done"}
+"""Kinds whose subject ends in a token: the writers', and ``done`` (the job's client)."""
+
+CLIENT_KINDS: frozenset[str] = frozenset({"requested", "cancel", "done"})
+"""Kinds whose token is a client id."""
+
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _WILD = "*"
 
@@ -53,18 +62,18 @@ def _token(value: str, what: str) -> str:
 def subject(kind: Kind, job_id: str = _WILD, token: str = _WILD, *, prefix: str = DEFAULT_PREFIX) -> str:
     """Build a job subject. ``job_id`` / ``token`` default to ``*`` for consumer filters.
 
-    ``token`` is the client (``requested``, ``cancel``) or the provider (``dispatch``,
-    ``attempt``); ``done`` and ``history`` have none. ``kind="history"`` gives
-    ``<prefix>.job.<job_id>.>``, every event of one job (or all jobs).
+    ``token`` is the client (``requested``, ``cancel``, and ``done``: the client that
+    requested the job) or the provider (``dispatch``, ``attempt``); ``history`` has none.
+    ``kind="history"`` gives ``<prefix>.job.<job_id>.>``, every event of one job (or all jobs).
     """
     job = _token(job_id, "job id")
     base = f"{prefix}.job.{job}"
-    if kind in WRITER_KINDS:
-        what = "client id" if kind in ("requested", "cancel") else "provider alias"
+    if kind in TOKEN_KINDS:
+        what = "client id" if kind in CLIENT_KINDS else "provider alias"
         return f"{base}.{kind}.{_token(token, what)}"
     if kind == "history":
         return f"{base}.>"
-    return f"{base}.{kind}"
+    raise ValueError(f"unknown subject kind {kind!r}")
 
 
 class ParsedSubject(NamedTuple):
@@ -73,7 +82,7 @@ class ParsedSubject(NamedTuple):
     job_id: str
     kind: str
     token: str
-    """The client or provider the subject names; ``""`` for ``done``."""
+    """The client or provider the subject names (for ``done``: the client that requested the job)."""
 
 
 class Names:
@@ -114,6 +123,15 @@ class Names:
     def provider_consumer(self, provider: str) -> str:
         return f"provider-{_token(provider, 'provider alias')}"
 
+    def deliver_consumer(self, client: str) -> str:
+        """The durable consumer that delivers client ``client``'s results (``<prefix>.job.*.done.<client>``)."""
+        return f"deliver-{_token(client, 'client id')}"
+
+    def consumer_create_subject(self, durable: str, filter_subject: str) -> str:
+        """Where creating (or updating) durable ``durable`` with one filter goes: naming both,
+        so a permission can allow exactly that consumer with exactly that filter."""
+        return f"$JS.API.CONSUMER.CREATE.{self.jobs_stream}.{durable}.{filter_subject}"
+
     def subject(self, kind: Kind, job_id: str = _WILD, token: str = _WILD) -> str:
         return subject(kind, job_id, token, prefix=self.prefix)
 
@@ -125,12 +143,10 @@ class Names:
         job_id, kind, rest = parts[2], parts[3], parts[4:]
         if not _TOKEN.match(job_id):
             raise ValueError(f"invalid job id in subject: {subj!r}")
-        if kind in WRITER_KINDS:
+        if kind in TOKEN_KINDS:
             if len(rest) != 1 or not _TOKEN.match(rest[0]):
-                raise ValueError(f"{kind} subject without a writer token: {subj!r}")
+                raise ValueError(f"{kind} subject without its token: {subj!r}")
             return ParsedSubject(job_id, kind, rest[0])
-        if kind == "done" and not rest:
-            return ParsedSubject(job_id, kind, "")
         raise ValueError(f"not a job subject: {subj!r}")
 
     # ---- NATS micro services (``nats micro ls``) --------------------------------------------
@@ -151,6 +167,10 @@ class Names:
 
     def consumer_info_subject(self, name: str) -> str:
         return f"$JS.API.CONSUMER.INFO.{self.jobs_stream}.{name}"
+
+    def ack_subjects(self, durable: str) -> str:
+        """The acks (and naks, terms, progress) of durable consumer ``durable``'s messages."""
+        return f"$JS.ACK.{self.jobs_stream}.{durable}.>"
 
     @staticmethod
     def direct_get_subject(stream: str, subject: str = "") -> str:

@@ -93,10 +93,15 @@ def test_schemas_state_what_the_decoder_enforces() -> None:
     assert len(union["anyOf"]) == len(typing.get_args(JobEvent))
 
 
-def _nats_api_examples() -> list[dict[str, Any]]:
+HEALTH_TAG = "provider.health.v1"
+"""The breaker record: a KV value, not a job event (its example is checked on its own)."""
+
+
+def _nats_api_examples(*, health: bool = False) -> list[dict[str, Any]]:
+    """The JSON examples of docs/nats-api.md: the job events', or (``health``) the breaker record's."""
     text = (DOCS / "nats-api.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"```json\n(.*?)```", text, flags=re.S)
-    return [json.loads(block) for block in blocks]
+    blocks = [json.loads(block) for block in re.findall(r"```json\n(.*?)```", text, flags=re.S)]
+    return [doc for doc in blocks if (doc.get("type") == HEALTH_TAG) == health]
 
 
 def _real_messages() -> list[bytes]:
@@ -527,3 +532,6 @@ def test_the_breaker_record_validates_against_its_schema() -> None:
     record = ProviderHealth(provider="grok", op="draw", state="open", failures=3, reason="auth", until=1.0e9)
     Validator(doc).validate(json.loads(msgspec.json.encode(record)))
     assert list(Validator(doc).iter_errors({"type": "provider.health.v1", "provider": "grok", "op": "paint"}))
+    [example] = _nats_api_examples(health=True)  # the doc's example is a real record
+    real = msgspec.json.decode(json.dumps(example).encode(), type=ProviderHealth)
+    Validator(doc).validate(json.loads(msgspec.json.encode(real)))

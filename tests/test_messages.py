@@ -9,6 +9,7 @@ from aiimg import messages
 from aiimg.messages import (
     AttemptFailed,
     DecodeError,
+    JobCancelled,
     JobRequested,
     Names,
     decode_event,
@@ -60,10 +61,14 @@ def test_subjects_come_from_one_builder() -> None:
     assert subject("attempt", "j1", "grok") == "aiimg.job.j1.attempt.grok"
     assert subject("attempt", "j1") == "aiimg.job.j1.attempt.*"
     assert subject("dispatch", token="grok") == "aiimg.job.*.dispatch.grok"
-    assert subject("done", "j1") == "aiimg.job.j1.done"
+    assert subject("done", "j1", "bridge") == "aiimg.job.j1.done.bridge"
+    assert subject("done", "j1") == "aiimg.job.j1.done.*"
+    assert subject("done", token="bridge") == "aiimg.job.*.done.bridge"  # one client's results
     assert subject("history", "j1") == "aiimg.job.j1.>"
     n = Names("t1")
-    assert n.jobs_stream == "T1_JOBS" and n.job_id_of("t1.job.xyz.done") == "xyz"
+    assert n.jobs_stream == "T1_JOBS" and n.job_id_of("t1.job.xyz.done.bridge") == "xyz"
+    assert n.parse("t1.job.xyz.done.bridge") == ("xyz", "done", "bridge")
+    assert n.deliver_consumer("bridge") == "deliver-bridge"
     assert n.parse("t1.job.xyz.attempt.grok") == ("xyz", "attempt", "grok")
     assert n.input_bucket("bridge") == "t1_in_bridge" and n.refs_bucket("bridge") == "t1_refs_bridge"
     assert n.selfie_key("bridge", "QQ:123") == "selfie.bridge.QQ_123"
@@ -72,12 +77,13 @@ def test_subjects_come_from_one_builder() -> None:
     with pytest.raises(ValueError):
         subject("requested", "j1", "two.tokens")
     for bad in (
-        "other.job.x.done",
+        "other.job.x.done.bridge",
+        "t1.job.x.done",  # no client token
         "t1.job.x.requested",  # no writer token
         "t1.job.x.attempt",
-        "t1.job.x.done.extra",
+        "t1.job.x.done.bridge.extra",
         "t1.job.x.attempt.a.b",
-        "t1.job.a*b.done",
+        "t1.job.a*b.done.bridge",
         "t1.job.x.unknown.y",
     ):
         with pytest.raises(ValueError):
@@ -89,13 +95,18 @@ def test_an_event_is_placed_only_where_its_kind_and_writer_say() -> None:
     ok = AttemptFailed(job_id="j", attempt=1, provider="grok", reason="timeout")
     assert placed(n.parse(event_subject(n, ok)), ok)
     assert not placed(n.parse("aiimg.job.j.attempt.local"), ok)  # another provider answering grok's attempt
-    assert not placed(n.parse("aiimg.job.j.done"), ok)
+    assert not placed(n.parse("aiimg.job.j.done.bridge"), ok)
     assert not placed(n.parse("aiimg.job.other.attempt.grok"), ok)
     req = JobRequested(job_id="j", op="draw")
     assert event_subject(n, req, "bridge") == "aiimg.job.j.requested.bridge"
     assert placed(n.parse("aiimg.job.j.requested.anyclient"), req)
     with pytest.raises(ValueError):
         event_subject(n, req)  # requests are always written under a client
+    end = JobCancelled(job_id="j")
+    assert event_subject(n, end, "bridge") == "aiimg.job.j.done.bridge"  # for the client that asked
+    assert placed(n.parse("aiimg.job.j.done.bridge"), end)
+    with pytest.raises(ValueError):
+        event_subject(n, end)
 
 
 @pytest.mark.parametrize(

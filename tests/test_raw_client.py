@@ -26,7 +26,7 @@ async def test_raw_nats_client_submits_and_receives_result(bus: Bus, nats_url: s
         nc = await nats.connect(nats_url)
         try:
             job_id = "raw-" + uuid.uuid4().hex[:12]
-            done = await nc.subscribe(f"{prefix}.job.{job_id}.done")
+            done = await nc.subscribe(f"{prefix}.job.{job_id}.done.local")  # done.<the client that asked>
             request = {
                 "type": "job.requested.v1",
                 "job_id": job_id,

@@ -104,7 +104,8 @@ class JobRepository:
 
     async def append(self, entry: Entry, event: JobEvent) -> None:
         """Write ``event`` if the job has nothing newer than ``entry``; raises ``StaleView`` otherwise."""
-        new_seq, _ = await self.bus.publish_checked(event, expect_last=entry.last_seq)
+        # Terminal events go on the requesting client's done subject (what its consumer reads).
+        new_seq, _ = await self.bus.publish_checked(event, client=entry.state.client, expect_last=entry.last_seq)
         entry.state = apply(entry.state, event)
         entry.applied.add(new_seq)
         entry.last_seq = max(entry.last_seq, new_seq)

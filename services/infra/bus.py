@@ -60,6 +60,7 @@ __all__ = (
     "connect",
     "consumer_configs",
     "consumer_drift",
+    "results_consumer_config",
     "unsubscribe",
 )
 
@@ -114,7 +115,8 @@ class Logged(NamedTuple):
 
     seq: int
     writer: str
-    """The client (requests, cancels) or provider (dispatches, results) in the subject; ``""`` for ``done``."""
+    """The token of the subject: the client (requests, cancels; for terminal events the client
+    that requested the job) or the provider (dispatches, results)."""
     event: JobEvent
 
 
@@ -176,6 +178,30 @@ def consumer_configs(names: Names, config: ConfigBase) -> list[js_api.ConsumerCo
         for alias in config.capabilities
     ]
     return [router, *providers]
+
+
+RESULTS_ACK_WAIT = 120.0
+"""Seconds a client has to deliver a result (fetch it, send it to the chat) before it comes back."""
+
+
+def results_consumer_config(names: Names, client: str) -> js_api.ConsumerConfig:
+    """Client ``client``'s durable consumer of its own results (``<prefix>.job.*.done.<client>``).
+
+    Created by the client itself (its NATS user may create exactly this consumer), starting
+    with the results written from then on; afterwards it keeps its place across restarts.
+    """
+    durable = names.deliver_consumer(client)
+    return js_api.ConsumerConfig(
+        name=durable,
+        durable_name=durable,
+        ack_policy=js_api.AckPolicy.EXPLICIT,
+        deliver_policy=js_api.DeliverPolicy.NEW,
+        ack_wait=RESULTS_ACK_WAIT,
+        max_deliver=-1,
+        max_ack_pending=CONSUMER_MAX_ACK_PENDING,
+        max_waiting=CONSUMER_MAX_WAITING,
+        filter_subject=names.subject("done", token=client),
+    )
 
 
 def _unset(key: str, value: Any) -> bool:
@@ -458,6 +484,25 @@ class Bus:
             raise BusError(f"cannot read consumer {name}: {err.get('description', err)}")
         return doc
 
+    async def ensure_results_consumer(self, client: str) -> str:
+        """Create (or keep) client ``client``'s results consumer; returns its durable name.
+
+        The create subject names the consumer and its filter, which is what a client's NATS
+        user is allowed (``deploy/permissions.py``); a refusal is a :class:`BusError` saying so.
+        """
+        cfg = results_consumer_config(self.names, client)
+        assert cfg.name is not None
+        try:
+            await self.js.add_consumer(self.names.jobs_stream, cfg)
+        except NatsTimeoutError:
+            raise BusError(
+                f"creating consumer {cfg.name} got no answer (may this NATS user create it? "
+                "regenerate deploy/nats/auth.conf)"
+            ) from None
+        except APIError as exc:
+            raise BusError(f"cannot create consumer {cfg.name}: {exc}") from None
+        return cfg.name
+
     # ---- what actors use (the NATS side of services.actors.ports.JobBus) -----------------
 
     def consumer(self, durable: str, handler: Handler, *, concurrency: int, name: str = "") -> PullConsumer:
@@ -509,7 +554,8 @@ class Bus:
     ) -> tuple[int, bool]:
         """Like :meth:`publish`, also telling whether the server dropped it as a duplicate.
 
-        Requests and cancels are written under ``client`` (default: ``NatsConfig.client()``). A
+        Requests and cancels are written under ``client`` (default: ``NatsConfig.client()``), and
+        terminal events for it (the router passes the job's client). A
         ``JobRequested`` is only accepted while its job has no event at all
         (``Nats-Expected-Last-Subject-Sequence: 0`` over ``<prefix>.job.<id>.>``): a job id
         is used once. The router also checks this itself, for clients that do not say so.

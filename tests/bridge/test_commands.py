@@ -56,6 +56,7 @@ HANDLER_OF = {
     "video_presets": "video_presets",
     "edit_presets": "edit_presets",
     "edit_help": "edit_help",
+    "resend": "resend",
 }
 
 

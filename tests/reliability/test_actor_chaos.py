@@ -6,7 +6,7 @@ random latency. A chaos loop kills a random actor process with SIGKILL (no drain
 no nak) and starts a new one, over and over, while jobs are submitted.
 
 Every job must reach exactly one terminal event in its history, no requester may receive
-two results on ``<prefix>.job.<id>.done``, and none may be lost. The figures are printed.
+two results on ``<prefix>.job.<id>.done.<client>``, and none may be lost. The figures are printed.
 
 1,000 jobs by default (about 40 s on two cores); ``AIIMG_CHAOS_JOBS`` changes the count.
 """

@@ -250,7 +250,7 @@ async def test_a_used_job_id_never_runs_again_even_from_a_raw_client_after_a_rou
 
 
 async def test_clients_take_the_first_terminal_event(bus: Bus) -> None:
-    """Two terminal events on ``.done`` (the old resubmission bug left such histories): everyone
+    """Two terminal events on ``.done.<client>`` (the old resubmission bug left such histories): everyone
     — ``Client.wait``, ``Client.follow`` and the fold — takes the first."""
     provider = ScriptedProvider(bus.config, "local", succeeding())
     async with running(Stack(bus, providers=[provider])):
@@ -259,7 +259,7 @@ async def test_clients_take_the_first_terminal_event(bus: Bus) -> None:
         first = await client.wait(job, timeout=30)
     assert isinstance(first, JobCompleted)
     later = JobRejected(job_id=job, reason="bad_request", message="a later, second terminal event")
-    await bus.js.publish(bus.names.subject("done", job), encode(later), stream=bus.names.jobs_stream)
+    await bus.js.publish(bus.names.subject("done", job, client.client_id), encode(later), stream=bus.names.jobs_stream)
     assert await Client(bus).wait(job, timeout=5) == first
     followed = [e async for e in Client(bus).follow(job, timeout=5)]
     assert followed[-1] == first

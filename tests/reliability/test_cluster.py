@@ -168,7 +168,7 @@ class Denials:
         ("local", "pub", "$JS.API.CONSUMER.MSG.NEXT.AIIMG_JOBS.provider-grok"),  # another provider's work
         ("local", "pub", "$JS.API.CONSUMER.MSG.NEXT.AIIMG_JOBS.router"),
         ("local", "pub", "aiimg.job.x1.dispatch.local"),  # dispatch to itself
-        ("local", "pub", "aiimg.job.x1.done"),  # end a job
+        ("local", "pub", "aiimg.job.x1.done.bridge"),  # end a job
         ("local", "pub", "aiimg.job.x1.requested"),
         ("local", "pub", "$JS.API.STREAM.DELETE.AIIMG_JOBS"),
         ("local", "pub", "$JS.API.CONSUMER.CREATE.AIIMG_JOBS"),
@@ -176,7 +176,7 @@ class Denials:
         ("local", "sub", "_INBOX_aiimg-router.>"),  # another actor's replies
         ("bridge", "pub", "aiimg.job.x2.dispatch.local"),
         ("bridge", "pub", "aiimg.job.x2.attempt"),
-        ("bridge", "pub", "aiimg.job.x2.done"),
+        ("bridge", "pub", "aiimg.job.x2.done.bridge"),
         ("bridge", "pub", "$JS.API.CONSUMER.MSG.NEXT.AIIMG_JOBS.provider-local"),
         ("bridge", "pub", "$JS.API.STREAM.PURGE.AIIMG_JOBS"),
         ("bridge", "pub", "$JS.ACK.AIIMG_JOBS.router.1.1.1.1.1.1"),
@@ -209,9 +209,9 @@ async def test_a_refused_write_does_not_reach_the_job_stream(cluster: Any, tmp_p
         nc = await probe.connect(cluster, "bridge")
         try:
             fake = b'{"type":"job.failed.v1","job_id":"forged-1","message":"forged"}'
-            await nc.publish("aiimg.job.forged-1.done", fake)
+            await nc.publish("aiimg.job.forged-1.done.bridge", fake)
             await nc.flush()
-            assert await probe.refused('publish to "aiimg.job.forged-1.done"')
+            assert await probe.refused('publish to "aiimg.job.forged-1.done.bridge"')
         finally:
             await nc.close()
         assert await admin.history("forged-1") == []

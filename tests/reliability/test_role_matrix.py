@@ -20,6 +20,11 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from aiimg.messages import JobCancelled
+from aiimg.services.config import Config, config_from_dict
+from aiimg.services.domain.errors import BusError
+from aiimg.services.infra.bus import connect
+from aiimg.services.infra.delivery import Delivery
 from aiimg.services.infra.embedded import EmbeddedServer
 
 from .procs import DEPLOY, deploy_module
@@ -126,3 +131,51 @@ def test_matrix_covers_every_role_kind_both_ways() -> None:
 def test_docs_show_the_matrix_that_is_tested() -> None:
     text = (Path(perms.OPERATIONS)).read_text(encoding="utf-8")
     assert perms.matrix_table() in text
+
+
+async def test_a_client_runs_its_own_results_consumer_and_no_other(
+    auth_server: tuple[EmbeddedServer, dict[str, str]],
+) -> None:
+    """Beyond single probes: the bridge creates ``deliver-bridge`` with nats-py, pulls and acks its
+    own results through it, never sees another client's, and cannot create that client's consumer."""
+    server, passwords = auth_server
+
+    def config(role: str) -> Config:
+        nats_cfg = {
+            "url": server.url,
+            "user": perms.user_name(role),
+            "password": passwords[role],
+            "inbox_prefix": perms.inbox_prefix(role),
+        }
+        return config_from_dict({"nats": nats_cfg})
+
+    router = await connect(config("router"))
+    bridge = await connect(config("bridge"))
+    try:
+        await router.ensure_layout()
+        durable = await bridge.ensure_results_consumer("bridge")
+        assert durable == "deliver-bridge"
+        await router.publish(JobCancelled(job_id="mine-1"), client="bridge")
+        await router.publish(JobCancelled(job_id="theirs-1"), client="another")
+        got: list[str] = []
+
+        async def handler(delivery: Delivery) -> None:
+            got.append(delivery.subject)
+            await delivery.ack()
+
+        consumer = bridge.consumer(durable, handler, concurrency=2)
+        async with anyio.create_task_group() as tg:
+            await tg.start(consumer.run)
+            with anyio.fail_after(10):
+                while not got:
+                    await anyio.sleep(0.02)
+            await anyio.sleep(0.3)  # another client's result would arrive now
+            await consumer.stop()
+        assert got == ["aiimg.job.mine-1.done.bridge"]
+        info = await bridge.js.consumer_info(bridge.names.jobs_stream, durable)
+        assert info.num_ack_pending == 0 and info.num_pending == 0
+        with pytest.raises(BusError, match="deliver-another"):
+            await bridge.ensure_results_consumer("another")
+    finally:
+        await bridge.close()
+        await router.close()
