@@ -50,12 +50,13 @@ class Sizes:
     memory_edge: int
     recovery_finished: int
     recovery_inflight: int
+    breaker_jobs: int
 
     @classmethod
     def for_run(cls, quick: bool) -> Sizes:
         if quick:
-            return cls(True, 6, 96, 40, 30, 200, 4, 1 << 20, 1, 256, 200, 10)
-        return cls(False, 200, 580, 5000, 1000, 2000, 100, 40 << 20, 3, 4096, 10_000, 100)
+            return cls(True, 6, 96, 40, 30, 200, 4, 1 << 20, 1, 256, 200, 10, 6)
+        return cls(False, 200, 580, 5000, 1000, 2000, 100, 40 << 20, 3, 4096, 10_000, 100, 60)
 
 
 class UpstreamProc:

@@ -424,6 +424,51 @@ async def failover(env: Env) -> Figure:
     return fig
 
 
+async def breaker(env: Env) -> Figure:
+    """A primary whose key was revoked (401 after 300 ms, as a remote API takes to refuse it):
+    the same draws with the circuit breaker off (threshold out of reach) and on (default 3)."""
+    fig = Figure("breaker", "Dead primary: what each draw pays with the breaker off and on")
+    up = env.upstream("16kb")
+    n = env.sizes.breaker_jobs
+    runs: dict[str, dict[str, Any]] = {}
+    for label, threshold in (("off", 10**9), ("on", 3)):
+        draw = {
+            "provider": "openai_compat",
+            "fallback_1": "gemini_openai",
+            "openai_compat": openai_block(f"{up.url}/dead/lat/300/v1"),
+            "gemini_openai": openai_block(f"{up.url}/lat/0/v1"),
+        }
+        config, path = env.config(f"breaker-{label}", draw, policy={"breaker_threshold": threshold})
+        await env.actor(path, "router")
+        await env.actor(path, "provider", "openai_compat")
+        await env.actor(path, "provider", "gemini_openai")
+        async with env.bus(config) as bus:
+            client = Client(bus)
+            await up.reset()
+            took: list[float] = []
+            for i in range(n):
+                t0 = time.monotonic()
+                end = await client.wait(await client.submit("draw", f"breaker {label} {i}"), timeout=60)
+                took.append(time.monotonic() - t0)
+                assert isinstance(end, JobCompleted) and end.provider == "gemini_openai", end
+            log = await up.log()
+        await env.stop_actors()
+        dead_calls = sum(1 for kind, _, _, p, _ in log if kind == "recv" and "/dead/" in p)
+        runs[label] = {"ms": [ms(x) for x in took], "dead_calls": dead_calls}
+    off, on = runs["off"], runs["on"]
+    for q in (0.5, 0.99):
+        fig.rows.append(
+            Row(f"draw p{round(q * 100)}, breaker on", pct(on["ms"], q), "ms", baseline=pct(off["ms"], q),
+                baseline_label="breaker off", note=f"n={n} sequential draws each")
+        )  # fmt: skip
+    fig.rows.append(
+        Row("calls to the dead upstream, breaker on", on["dead_calls"], "calls", baseline=off["dead_calls"],
+            baseline_label="breaker off", note="policy.breaker_threshold = 3")
+    )  # fmt: skip
+    fig.data.update(runs)
+    return fig
+
+
 async def _two_stored_hops(env: Env, n: int) -> list[float]:
     """The floor of the bus part of a failover: two JetStream hops with bare nats-py (``bench._hops``)."""
     prefix = f"hops{uuid.uuid4().hex[:6]}"
@@ -724,6 +769,7 @@ FIGURES: dict[str, Callable[[Env], Awaitable[Figure]]] = {
     "throughput": throughput,
     "concurrency": concurrency,
     "failover": failover,
+    "breaker": breaker,
     "blobs": blobs,
     "memory": memory,
     "recovery": recovery,

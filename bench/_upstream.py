@@ -1,9 +1,10 @@
 """A fast fake OpenAI Images upstream for the benchmarks, in its own process.
 
-``POST [/policy][/lat/<ms>]/v1/images/generations`` answers like the real API:
+``POST [/policy|/dead][/lat/<ms>]/v1/images/generations`` answers like the real API:
 ``200 {"created", "data": [{"b64_json"}]}`` after ``<ms>`` milliseconds, or (with
 ``/policy``) the real ``400 image_generation_user_error`` moderation body, which a
-provider maps to ``content_policy`` (not retried: the router escalates at once).
+provider maps to ``content_policy`` (not retried: the router escalates at once), or (with
+``/dead``) the real ``401 invalid_api_key`` body of a revoked key (``auth``).
 The path prefix lets one upstream process play several upstreams (one per provider
 block's ``base_url``).
 
@@ -28,6 +29,16 @@ from pathlib import Path
 from typing import Any
 
 _OK_HEAD = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {n}\r\n\r\n"
+_DEAD = {
+    "error": {
+        "message": "Incorrect API key provided: sk-bench***. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_api_key",
+    }
+}
+
 _POLICY = {
     "error": {
         "message": "Your request was rejected by the safety system. If you believe this is an error, "
@@ -49,6 +60,7 @@ class Upstream:
         body = b'{"created": 1700000000, "data": [{"b64_json": "' + base64.b64encode(image) + b'"}]}'
         self.ok = _OK_HEAD.format(n=len(body)).encode() + body
         self.policy = _reply("400 Bad Request", json.dumps(_POLICY).encode())
+        self.dead = _reply("401 Unauthorized", json.dumps(_DEAD).encode())
         self.log: list[tuple[str, float, float, str, str]] = []
         """(event, monotonic time, wall time, path, prompt): ``recv`` when a request is read, ``sent`` after its reply."""
         self.requests = 0
@@ -83,31 +95,32 @@ class Upstream:
                 self.requests += 1
                 prompt = _prompt(body)
                 self.log.append(("recv", received, received_wall, path, prompt))
-                policy, latency = _route(path)
+                answer, latency = _route(path)
                 if latency < 0:
                     writer.write(_reply("404 Not Found", b'{"error": {"message": "no such route"}}'))
                     await writer.drain()
                     continue
                 if latency:
                     await asyncio.sleep(latency)
-                writer.write(self.policy if policy else self.ok)
+                writer.write({"policy": self.policy, "dead": self.dead}.get(answer, self.ok))
                 await writer.drain()
                 self.log.append(("sent", time.monotonic(), time.time(), path, prompt))
         finally:
             writer.close()
 
 
-def _route(path: str) -> tuple[bool, float]:
-    """(answer with the moderation error?, latency in seconds); latency -1 for an unknown path."""
+def _route(path: str) -> tuple[str, float]:
+    """(``ok``, ``policy`` (the moderation error) or ``dead`` (a revoked key), latency in seconds);
+    latency -1 for an unknown path."""
     if not path.endswith("/v1/images/generations"):
-        return False, -1.0
+        return "ok", -1.0
     parts = path.split("/")[1:-3]
-    policy = "policy" in parts
+    answer = "policy" if "policy" in parts else "dead" if "dead" in parts else "ok"
     latency = 0.0
     if "lat" in parts:
         i = parts.index("lat")
         latency = float(parts[i + 1]) / 1000 if i + 1 < len(parts) else 0.0
-    return policy, latency
+    return answer, latency
 
 
 def _prompt(body: bytes) -> str:
