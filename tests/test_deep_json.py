@@ -70,7 +70,7 @@ def _config(alias: str, url: str, mode: str) -> Config:
     data: dict[str, Any] = {"network": {"allow_private_downloads": True}}
     if section == "video":
         data["video"] = block
-    elif alias == "gitee":  # draw only
+    elif alias in ("gitee", "jimeng"):  # draw only
         data["draw"] = {alias: block}
     elif alias == "gitee_async":  # edit only
         data["edit"] = {alias: block}
