@@ -18,7 +18,7 @@ import pytest
 from bench._figures import FIGURES
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPECTED = ("overhead", "throughput", "concurrency", "failover", "blobs", "memory", "recovery")
+EXPECTED = ("overhead", "throughput", "concurrency", "failover", "breaker", "blobs", "memory", "recovery")
 
 
 @pytest.mark.timeout(240)
