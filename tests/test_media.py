@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, features
 
 from aiimg.services.domain.errors import MediaError, ProviderFailure
-from aiimg.services.infra.media import MAX_PIXELS, inspect_image, inspect_media
+from aiimg.services.infra.media import MAX_PIXELS, _small, inspect_image, inspect_media
 from aiimg.services.providers._errors import failure_for
 from aiimg.services.providers.local import render
 
@@ -181,6 +181,14 @@ def test_a_bomb_header_is_refused_before_decoding() -> None:
     with pytest.raises(MediaError) as err:
         inspect_image(png_header_only(30_000, 30_000))
     assert "30000x30000" in err.value.message and "limits.max_pixels" in err.value.message
+
+
+def test_only_images_small_in_bytes_and_in_declared_pixels_are_checked_on_the_event_loop() -> None:
+    assert _small(png(64, 64))  # 0.05 ms to check: cheaper than a thread hand-off
+    assert not _small(bilevel_png(9000, 8000))  # a few KB that inflate to 72 MP: a thread, always
+    assert not _small(png_header_only(30_000, 30_000))
+    assert not _small(png(512, 512))  # over INLINE_PIXELS
+    assert not _small(b"not an image")
 
 
 # ---- the local renderer ------------------------------------------------------------------------

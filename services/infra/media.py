@@ -212,17 +212,38 @@ def inspect_media(data: bytes, *, video: bool = False, max_pixels: int = MAX_PIX
 async def check_image(
     data: bytes, *, max_pixels: int, min_bytes: int = 129, limiter: anyio.CapacityLimiter | None = None
 ) -> MediaInfo:
-    """:func:`inspect_image` on a worker thread (zlib, libjpeg and libwebp release the GIL)."""
+    """:func:`inspect_image` on a worker thread (zlib, libjpeg and libwebp release the GIL), or
+    inline for a small image (:func:`_small`), where the hand-off costs more than the check."""
     call = functools.partial(inspect_image, data, max_pixels=max_pixels, min_bytes=min_bytes)
+    if _small(data):
+        return call()
     return await anyio.to_thread.run_sync(call, limiter=limiter)
 
 
 async def check_media(
     data: bytes, *, video: bool = False, max_pixels: int, limiter: anyio.CapacityLimiter | None = None
 ) -> MediaInfo:
-    """:func:`inspect_media` on a worker thread."""
+    """:func:`inspect_media` on a worker thread; inline for a video (its check reads a few header
+    bytes) or a small image."""
     call = functools.partial(inspect_media, data, video=video, max_pixels=max_pixels)
+    if video or _small(data):
+        return call()
     return await anyio.to_thread.run_sync(call, limiter=limiter)
+
+
+INLINE_BYTES = 256 * 1024
+INLINE_PIXELS = 256 * 256
+"""An image this small, in bytes and in the pixels its header declares, is checked on the event
+loop: at most a quarter-megabyte decode (~0.2 ms), while a worker-thread hand-off costs ~0.23 ms
+of CPU on its own (a 16 KB PNG: 0.045 ms inline, 0.28 ms through a thread). Both bounds, so a
+small file declaring huge dimensions (a decompression bomb) still goes to a thread."""
+
+
+def _small(data: bytes) -> bool:
+    if len(data) > INLINE_BYTES:
+        return False
+    size = image_size(data)
+    return size is not None and size[0] * size[1] <= INLINE_PIXELS
 
 
 # ---- PNG: the zlib stream check -------------------------------------------------------------------
