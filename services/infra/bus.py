@@ -23,10 +23,11 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import APIError, BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError
 from nats.js.kv import KeyValue
 
 from ...messages import (
@@ -52,6 +53,7 @@ from .retry import Backoff, retrying
 
 __all__ = (
     "MSG_ID",
+    "PUBLISH_RETRY",
     "Bus",
     "ConsumerLoad",
     "JobLog",
@@ -131,6 +133,13 @@ class JobLog:
 
     def folded(self, job_id: str) -> JobState:
         return fold(job_id, ((e.writer, e.event) for e in self.entries))
+
+
+PUBLISH_RETRY = Backoff(0.1, cap=1.0, within=15.0)
+"""How long a write to the job stream waits out a stream without a leader (a JetStream cluster
+electing one after a node loss takes a few seconds): 0.1 s doubling to 1 s, for 15 s."""
+
+_NO_STREAM = (NoStreamResponseError, NoRespondersError)
 
 
 class ConsumerLoad(NamedTuple):
@@ -260,6 +269,8 @@ class Bus:
     config: ConfigBase
     embedded_here: bool = False
     """True when this process started the embedded nats-server this bus talks to."""
+    publish_retry: Backoff = PUBLISH_RETRY
+    """How long a job-stream write waits out a stream without a leader (:data:`PUBLISH_RETRY`)."""
     _kv: KeyValue | None = field(default=None, repr=False)
 
     async def close(self) -> None:
@@ -583,8 +594,28 @@ class Bus:
         except DecodeError as exc:
             # Never store what no reader can decode (a limit broken in code, not on the wire).
             raise BusError(f"refusing to write an invalid {event.__struct_config__.tag}: {exc}") from None
+
+        waits: list[float] = []
+
+        def unavailable(exc: BaseException, wait: float) -> None:
+            if not waits:  # one line per write that has to wait, not one per try
+                log.warning(
+                    "job_stream_unavailable", subject=subject, error=type(exc).__name__, retry_in=round(wait, 3)
+                )
+            waits.append(wait)
+
+        async def once() -> Any:
+            return await self.js.publish(subject, data, headers=headers or None, stream=self.names.jobs_stream)
+
         try:
-            ack = await self.js.publish(subject, data, headers=headers or None, stream=self.names.jobs_stream)
+            # No responder means nothing stored it (a leader election, a node restarting): the
+            # same write is safe to send again, and far cheaper than failing the handler — a
+            # provider's would run its upstream call (and bill it) again after the crash delay.
+            ack = await retrying(once, self.publish_retry, retry_on=_NO_STREAM, on_retry=unavailable)
+        except _NO_STREAM:
+            raise BusError(
+                f"job stream {self.names.jobs_stream} unavailable (no responders) for writing {subject}"
+            ) from None
         except APIError as exc:
             if exc.err_code == 10071 and isinstance(event, JobRequested):
                 # Our own earlier write whose ack was lost (a retry through a leader election)
