@@ -143,6 +143,12 @@ class Names:
         job_id, kind, rest = parts[2], parts[3], parts[4:]
         if not _TOKEN.match(job_id):
             raise ValueError(f"invalid job id in subject: {subj!r}")
+        if kind == "done" and not rest:
+            # A terminal event stored before terminal events named their client (aiimg 0.1.0
+            # before ``done.<client>``): it still ends its job for every reader, so a router
+            # upgraded over a stream that holds one never ends that job a second time.
+            # Nothing writes this subject any more (the stream no longer takes it).
+            return ParsedSubject(job_id, kind, "")
         if kind in TOKEN_KINDS:
             if len(rest) != 1 or not _TOKEN.match(rest[0]):
                 raise ValueError(f"{kind} subject without its token: {subj!r}")

@@ -68,6 +68,8 @@ def test_subjects_come_from_one_builder() -> None:
     n = Names("t1")
     assert n.jobs_stream == "T1_JOBS" and n.job_id_of("t1.job.xyz.done.bridge") == "xyz"
     assert n.parse("t1.job.xyz.done.bridge") == ("xyz", "done", "bridge")
+    # A terminal event of the layout before ``done.<client>`` still reads as one (no client).
+    assert n.parse("t1.job.xyz.done") == ("xyz", "done", "")
     assert n.deliver_consumer("bridge") == "deliver-bridge"
     assert n.parse("t1.job.xyz.attempt.grok") == ("xyz", "attempt", "grok")
     assert n.input_bucket("bridge") == "t1_in_bridge" and n.refs_bucket("bridge") == "t1_refs_bridge"
@@ -78,7 +80,6 @@ def test_subjects_come_from_one_builder() -> None:
         subject("requested", "j1", "two.tokens")
     for bad in (
         "other.job.x.done.bridge",
-        "t1.job.x.done",  # no client token
         "t1.job.x.requested",  # no writer token
         "t1.job.x.attempt",
         "t1.job.x.done.bridge.extra",
