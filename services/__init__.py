@@ -60,23 +60,14 @@ if _typing.TYPE_CHECKING:
     from .providers.base import Output as Output
     from .providers.base import Provider as Provider
 
-_ERRORS = (
-    "AddressRefused",
-    "AiimgError",
-    "BadEncoding",
-    "BlobError",
-    "BusError",
-    "ConfigError",
-    "EmbeddedServerError",
-    "HostUnresolved",
-    "JobError",
-    "MediaError",
-    "ProviderFailure",
-    "ResponseTooLarge",
-    "SelfieError",
-    "StaleView",
-    "UpstreamResponseError",
+from .domain import errors as _errors  # the error tree is plain classes: cheap to import now
+
+_ERRORS = tuple(
+    name
+    for name in _errors.__all__
+    if isinstance(getattr(_errors, name), type) and issubclass(getattr(_errors, name), BaseException)
 )
+"""Every exception of the error tree (``services.domain.errors.__all__``; type aliases left out)."""
 
 _WHERE: dict[str, str] = {
     "Client": ".app.client",

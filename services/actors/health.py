@@ -44,13 +44,15 @@ class HealthBoard:
         return self._records.get(self._key(provider, op), (None, 0))[0]
 
     def needs_probe(self, provider: str, op: Operation, now: float) -> bool:
-        return rules.probe_claim(self.record(provider, op), now, 1.0) is not None
+        return rules.probe_due(self.record(provider, op), now)
 
     async def load(self) -> None:
-        """Read every breaker of the configured providers (at start, then every ``refresh`` s)."""
+        """Read the breaker of every provider this config can plan with (at start, then every
+        ``refresh`` s); plans never name the others."""
         for provider, ops in self.config.capabilities.items():
             for op in ops:
-                await self._reload(self._key(provider, op))
+                if self.config.can_serve(op, provider):
+                    await self._reload(self._key(provider, op))
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Follow other routers' writes until cancelled."""

@@ -26,7 +26,17 @@ import msgspec
 from ...messages import Operation, ProviderHealth, Reason
 from .config import PolicyConfig
 
-__all__ = ("RECENT", "Change", "blocked", "describe", "empty", "probe_claim", "record_failure", "record_success")
+__all__ = (
+    "RECENT",
+    "Change",
+    "blocked",
+    "describe",
+    "empty",
+    "probe_claim",
+    "probe_due",
+    "record_failure",
+    "record_success",
+)
 
 Change: TypeAlias = Callable[[ProviderHealth], ProviderHealth | None]
 """A transition: the record after an observation, or ``None`` if it does not change."""
@@ -80,9 +90,15 @@ def blocked(health: ProviderHealth | None, now: float) -> str | None:
     return describe(health)
 
 
+def probe_due(health: ProviderHealth | None, now: float) -> bool:
+    """Whether a dispatch now is the breaker's probe: it tripped and its wait (or an unanswered
+    probe's) is over."""
+    return health is not None and health.state != "closed" and health.until <= now
+
+
 def probe_claim(health: ProviderHealth | None, now: float, window: float) -> ProviderHealth | None:
-    """The record that claims the probe for a dispatch now, or ``None`` if no probe is needed."""
-    if health is None or health.state == "closed" or health.until > now:
+    """The record that claims the probe for a dispatch now, or ``None`` if no probe is due."""
+    if health is None or not probe_due(health, now):
         return None
     return _replace(health, state="half_open", until=now + window, at=now)
 

@@ -34,8 +34,11 @@ pytestmark = pytest.mark.anyio
 perms = deploy_module("permissions")
 
 
-async def gather(nc: NATS, subject: str, wait: float = 1.0) -> list[dict[str, Any]]:
-    """Every answer to one request within ``wait`` seconds (discovery has many answerers)."""
+async def gather(
+    nc: NATS, subject: str, expect: int, prefix: str = "aiimg", wait: float = 10.0
+) -> list[dict[str, Any]]:
+    """The answers of this deployment (``prefix``) to one request: once ``expect`` have come, or
+    whatever came within ``wait`` seconds (discovery has many answerers and no end marker)."""
     inbox = nc.new_inbox()
     answers: list[dict[str, Any]] = []
     sub = await nc.subscribe(inbox)
@@ -43,7 +46,11 @@ async def gather(nc: NATS, subject: str, wait: float = 1.0) -> list[dict[str, An
     with anyio.move_on_after(wait):
         async for msg in sub.messages:
             if msg.data:  # not the server's "no responders" status
-                answers.append(json.loads(msg.data))
+                answer = json.loads(msg.data)
+                if answer.get("metadata", {}).get("prefix") == prefix:
+                    answers.append(answer)
+                    if len(answers) >= expect > 0:
+                        break
     await sub.unsubscribe()
     return answers
 
@@ -52,27 +59,27 @@ async def test_every_actor_answers_ping_info_and_stats(bus: Bus) -> None:
     grok = ScriptedProvider(bus.config, "grok", failing("auth", "no key"))
     prefix = bus.names.prefix
     async with running(Stack(bus, providers=[LocalProvider(bus.config), grok])):
-        pings = [p for p in await gather(bus.nc, "$SRV.PING") if p["metadata"].get("prefix") == prefix]
+        pings = await gather(bus.nc, "$SRV.PING", 3, prefix)
         assert sorted(p["name"] for p in pings) == [f"{prefix}-grok", f"{prefix}-local", f"{prefix}-router"]
         assert {p["version"] for p in pings} == {__version__}
         assert all(p["type"] == "io.nats.micro.v1.ping_response" for p in pings)
 
-        (info,) = await gather(bus.nc, f"$SRV.INFO.{prefix}-router")
+        (info,) = await gather(bus.nc, f"$SRV.INFO.{prefix}-router", 1, prefix)
         assert [(e["name"], e["subject"]) for e in info["endpoints"]] == [("status", f"{prefix}.svc.router.status")]
 
         client = Client(bus)
         end = await client.wait(await client.submit("draw", "micro", output="64x64"), timeout=30)
         assert isinstance(end, JobCompleted)
-        (stats,) = await gather(bus.nc, f"$SRV.STATS.{prefix}-local")
+        (stats,) = await gather(bus.nc, f"$SRV.STATS.{prefix}-local", 1, prefix)
         assert stats["endpoints"][0]["data"]["finished"] == {"succeeded": 1}
-        (router,) = await gather(bus.nc, f"$SRV.STATS.{prefix}-router")
+        (router,) = await gather(bus.nc, f"$SRV.STATS.{prefix}-router", 1, prefix)
         assert router["endpoints"][0]["data"]["handled"]["requested"] >= 1
         reply = await bus.nc.request(f"{prefix}.svc.router.status", b"", timeout=5)
         assert not reply.headers, reply.headers
         status = json.loads(reply.data)
         assert status["jobs_running"] == 0 and status["breakers_open"] == []
     # Stopped actors no longer answer.
-    assert [p for p in await gather(bus.nc, "$SRV.PING", 0.5) if p["metadata"].get("prefix") == prefix] == []
+    assert await gather(bus.nc, "$SRV.PING", 0, prefix, wait=0.5) == []
 
 
 async def test_with_the_shipped_permissions_each_actor_answers_as_its_own_user(tmp_path: Path) -> None:
@@ -107,9 +114,9 @@ async def test_with_the_shipped_permissions_each_actor_answers_as_its_own_user(t
                 running(Stack(router_bus, providers=[])),
                 running(Stack(local_bus, router=False, providers=[LocalProvider(local_bus.config)])),
             ):
-                names = sorted(p["name"] for p in await gather(admin, "$SRV.PING"))
+                names = sorted(p["name"] for p in await gather(admin, "$SRV.PING", 2))
                 assert names == ["aiimg-local", "aiimg-router"]
-                (stats,) = await gather(admin, "$SRV.STATS.aiimg-local")
+                (stats,) = await gather(admin, "$SRV.STATS.aiimg-local", 1)
                 assert stats["endpoints"][0]["data"]["provider"] == "local"
                 assert json.loads((await admin.request("aiimg.svc.local.status", b"", timeout=5)).data)["concurrency"]
         finally:
